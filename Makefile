@@ -1,0 +1,46 @@
+# faceaudit: `make demo` and `make test` set everything up on a fresh clone (Python >= 3.11, pip, make).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LFW := ../shared/data/lfw
+
+.PHONY: demo test lint typecheck pytest bench calibrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(BIN)/faceaudit demo --out faceaudit-demo
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+# Long measurements (LFW accuracy, throughput, cache, memory); results go to benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/lfw_view2.py
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/memory.py
+
+# Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
+calibrate: $(STAMP)
+	$(BIN)/faceaudit embed $(LFW)/manifest.csv --out build/lfw-yunet-sface.parquet
+	$(BIN)/faceaudit calibrate --embeddings build/lfw-yunet-sface.parquet --manifest $(LFW)/manifest.csv \
+		--dataset "LFW deep-funneled, all 13,233 images (../shared/data/lfw)" \
+		--out src/faceaudit/engines/calibration/yunet-sface.json
+
+clean:
+	rm -rf $(VENV) build faceaudit-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,36 @@
+"""Shared helpers for the benchmarks: where the data is, and how results are printed and written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEAUDIT_DATA", ROOT.parent / "shared" / "data"))
+LFW = DATA / "lfw"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def require_lfw() -> Path:
+    if not (LFW / "pairs.txt").is_file():
+        sys.exit(f"LFW not found at {LFW}; set FACEAUDIT_DATA to the folder holding lfw/")
+    return LFW
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "processor": platform.processor()}
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {path}")
+    return path

@@ -1,0 +1,191 @@
+"""The Python API: the same operations as the CLI, on paths, bytes or arrays.
+
+    >>> import faceaudit
+    >>> result = faceaudit.verify("a.jpg", "b.jpg", fmr=1e-4)
+    >>> result.match, result.score, result.threshold
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from faceaudit import __version__
+from faceaudit.engines.base import Engine, EnrolSettings, Face, FaceResult
+from faceaudit.engines.batch import ImageOutcome, embed_files, outcomes_to_frame
+from faceaudit.engines.cache import EmbeddingCache
+from faceaudit.engines.calibration import Calibration, load_calibration
+from faceaudit.engines.registry import engine_spec
+from faceaudit.io.embeddings import write_embeddings
+from faceaudit.io.images import DEFAULT_MAX_PIXELS, load_image
+from faceaudit.io.manifest import FILE_COLUMN, read_inputs
+
+ImageLike = str | Path | bytes | np.ndarray
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def load_engine(name: str | None = None) -> Engine:
+    """The engine called ``name`` (default engine when None), loaded once per process."""
+    spec = engine_spec(name)
+    with _lock:
+        if spec.name not in _engines:
+            _engines[spec.name] = spec.load(1)
+        return _engines[spec.name]
+
+
+def _rgb(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+        return image
+    return load_image(image, max_pixels=max_pixels).rgb
+
+
+def detect(image: ImageLike, *, engine: str | None = None) -> list[Face]:
+    """Every face in ``image`` (path, bytes, or RGB array) with box, 5 landmarks and score."""
+    return load_engine(engine).detect(_rgb(image))
+
+
+def embed_image(image: ImageLike, *, engine: str | None = None, settings: EnrolSettings | None = None) -> list[FaceResult]:
+    """Enrol the subject face(s) of one image: embeddings, or failures to enrol with a reason."""
+    return load_engine(engine).enrol(_rgb(image), settings)
+
+
+@dataclass(frozen=True)
+class EmbedRun:
+    """The result of :func:`embed`: the rows written, the file's metadata, and counts."""
+
+    frame: pd.DataFrame
+    metadata: dict[str, Any]
+    out: Path | None
+    n_images: int
+    n_ok: int
+    n_cached: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def embed(
+    source: str | Path,
+    out: str | Path | None = None,
+    *,
+    engine: str | None = None,
+    settings: EnrolSettings | None = None,
+    workers: int | None = None,
+    cache: str | Path | bool = True,
+    batch_size: int = 8,
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> EmbedRun:
+    """Embed every image of a folder (one subfolder per subject) or manifest; write Parquet to ``out``.
+
+    ``cache``: True for the default cache file, a path for another, False for none.
+    """
+    settings = settings or EnrolSettings()
+    inputs = read_inputs(source)
+    spec = engine_spec(engine)
+    store = None if cache is False else EmbeddingCache(None if cache is True else cache)
+    try:
+        outcomes: list[ImageOutcome] = embed_files(
+            list(inputs[FILE_COLUMN]), engine=spec.name, settings=settings, workers=workers, cache=store,
+            batch_size=batch_size, progress=progress, max_pixels=max_pixels,
+        )
+    finally:
+        if store is not None:
+            store.close()
+    frame = outcomes_to_frame(inputs, outcomes)
+    metadata = {
+        "faceaudit_version": __version__,
+        "engine": spec.identity().to_dict(),
+        "settings": {**settings.to_dict(), "max_pixels": max_pixels},
+        "source": str(source),
+    }
+    if out is not None:
+        write_embeddings(frame, out, metadata)
+    failed = frame.loc[~frame["ok"], "reason"].value_counts()
+    return EmbedRun(
+        frame=frame, metadata=metadata, out=None if out is None else Path(out), n_images=len(inputs),
+        n_ok=int(frame["ok"].sum()), n_cached=sum(o.cached for o in outcomes),
+        reasons={str(k): int(v) for k, v in failed.items()},
+    )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A 1:1 decision. ``match`` is None when a face could not be enrolled (see ``failures``)."""
+
+    match: bool | None
+    score: float | None
+    threshold: float
+    target_fmr: float
+    calibrated_fmr: float  # the calibration data's FMR at this threshold
+    calibrated_fnmr: float  # the calibration data's FNMR at this threshold
+    score_fmr: float | None  # the calibration data's FMR at the pair's own score
+    engine: str
+    calibration: str
+    faces: tuple[FaceResult, FaceResult]
+    failures: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "match": self.match,
+            "score": self.score,
+            "threshold": self.threshold,
+            "target_fmr": self.target_fmr,
+            "calibrated_fmr": self.calibrated_fmr,
+            "calibrated_fnmr": self.calibrated_fnmr,
+            "score_fmr": self.score_fmr,
+            "engine": self.engine,
+            "calibration": self.calibration,
+            "faces": [f.to_dict() for f in self.faces],
+            "failures": list(self.failures),
+        }
+
+
+def calibration_for(engine: str | None = None) -> Calibration:
+    """The calibration shipped with the engine."""
+    return load_calibration(engine_spec(engine).identity())
+
+
+def verify(
+    a: ImageLike, b: ImageLike, *, fmr: float = 1e-4, engine: str | None = None,
+    settings: EnrolSettings | None = None,
+) -> VerifyResult:
+    """Do images ``a`` and ``b`` show the same person, at the threshold calibrated for ``fmr``?
+
+    Score: cosine similarity of the two embeddings. Match when score >= threshold.
+    """
+    eng = load_engine(engine)
+    cal = load_calibration(eng.identity)
+    threshold = cal.threshold_for(fmr)
+    enrolled = (eng.enrol(_rgb(a), settings)[0], eng.enrol(_rgb(b), settings)[0])
+    failures = tuple(f"{name}: {r.reason} ({r.message})" for name, r in zip("AB", enrolled, strict=True) if not r.ok)
+    score = None
+    if not failures:
+        ea, eb = enrolled[0].embedding, enrolled[1].embedding
+        assert ea is not None and eb is not None
+        score = float(np.dot(ea, eb))
+    return VerifyResult(
+        match=None if score is None else score >= threshold,
+        score=score,
+        threshold=threshold,
+        target_fmr=fmr,
+        calibrated_fmr=cal.fmr_at(threshold),
+        calibrated_fnmr=cal.fnmr_at(threshold),
+        score_fmr=None if score is None else cal.fmr_at(score),
+        engine=eng.name,
+        calibration=str(cal.source.get("dataset", "")),
+        faces=enrolled,
+        failures=failures,
+    )
+
+
+def verify_many(pairs: Sequence[tuple[ImageLike, ImageLike]], **kwargs: Any) -> list[VerifyResult]:
+    return [verify(a, b, **kwargs) for a, b in pairs]

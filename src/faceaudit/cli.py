@@ -1,0 +1,198 @@
+"""The ``faceaudit`` command line. Every command calls the public Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from faceaudit import __version__
+from faceaudit.engines.base import EnrolSettings, FacePolicy
+from faceaudit.errors import FaceauditError
+
+
+def _settings(policy: str, min_score: float, min_face: float) -> EnrolSettings:
+    return EnrolSettings(policy=FacePolicy(policy), min_det_score=min_score, min_face_px=min_face)
+
+
+_policy_opts = [
+    click.option("--face", "policy", type=click.Choice([p.value for p in FacePolicy]), default="central",
+                 show_default=True, help="Which face is the subject when an image has several."),
+    click.option("--min-score", type=float, default=EnrolSettings().min_det_score, show_default=True,
+                 help="Detector confidence below which a face fails to enrol."),
+    click.option("--min-face", type=float, default=EnrolSettings().min_face_px, show_default=True,
+                 help="Shortest face box side, in pixels, below which a face fails to enrol."),
+]
+
+
+def policy_options(f: Any) -> Any:
+    for opt in reversed(_policy_opts):
+        f = opt(f)
+    return f
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FaceauditError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="faceaudit")
+def main() -> None:
+    """faceaudit: face recognition you can audit for demographic bias."""
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def detect(images: tuple[str, ...], engine: str | None, as_json: bool) -> None:
+    """Detect faces: box (x, y, w, h), 5 landmarks and score for every face of each IMAGE."""
+    from faceaudit.api import detect as detect_faces
+
+    out = []
+    failed = 0
+    for path in images:
+        try:
+            faces = detect_faces(path, engine=engine)
+            out.append({"image": path, "ok": True, "faces": [f.to_dict() for f in faces]})
+        except FaceauditError as exc:
+            failed += 1
+            out.append({"image": path, "ok": False, "reason": getattr(exc, "reason", "error"), "message": str(exc)})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        for item in out:
+            if not item["ok"]:
+                click.echo(f"{item['image']}: cannot read ({item['reason']}): {item['message']}")
+                continue
+            click.echo(f"{item['image']}: {len(item['faces'])} face(s)")
+            for k, f in enumerate(item["faces"]):
+                x, y, w, h = f["box"]
+                click.echo(f"  [{k}] score {f['score']:.3f}  box x={x:.0f} y={y:.0f} w={w:.0f} h={h:.0f}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
+@click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per inference batch.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+              help="Embedding cache file (default: ~/.cache/faceaudit/embeddings.sqlite or $FACEAUDIT_CACHE_DIR).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@policy_options
+def embed(source: str, out: str, engine: str | None, workers: int | None, batch_size: int, cache_path: str | None,
+          no_cache: bool, quiet: bool, policy: str, min_score: float, min_face: float) -> None:
+    """Embed every image of SOURCE: a folder with one subfolder per subject, or a manifest (CSV or
+    Parquet with `path` and `subject_id`). Writes one row per image to --out, failures with a reason."""
+    from faceaudit.api import embed as run_embed
+
+    cache: str | bool = False if no_cache else (cache_path or True)
+    run = run_embed(source, out, engine=engine, settings=_settings(policy, min_score, min_face), workers=workers,
+                    cache=cache, batch_size=batch_size, progress=not quiet)
+    click.echo(f"{run.n_images} images: {run.n_ok} embedded, {run.n_images - run.n_ok} failed, "
+               f"{run.n_cached} from cache -> {out}")
+    for reason, n in sorted(run.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {reason}: {n}")
+
+
+@main.command()
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
+@click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@policy_options
+def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy: str, min_score: float,
+           min_face: float) -> None:
+    """Do images A and B show the same person? Exit 0 with a decision, 1 when a face cannot be enrolled."""
+    from faceaudit.api import verify as run_verify
+
+    res = run_verify(a, b, fmr=fmr, engine=engine, settings=_settings(policy, min_score, min_face))
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+    elif res.match is None:
+        click.echo("no decision: " + "; ".join(res.failures))
+    else:
+        click.echo(f"{'MATCH' if res.match else 'NO MATCH'}: score {res.score:.4f} "
+                   f"{'>=' if res.match else '<'} threshold {res.threshold:.4f}")
+        click.echo(f"  threshold for FMR {res.target_fmr:g} ({res.engine}, calibrated on {res.calibration}: "
+                   f"FMR {res.calibrated_fmr:.2g}, FNMR {res.calibrated_fnmr:.2%})")
+        assert res.score_fmr is not None
+        click.echo(f"  a score this high: FMR {res.score_fmr:.2g} on the calibration data")
+    if res.match is None:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def engines(as_json: bool) -> None:
+    """List the available engines with their identity."""
+    from faceaudit.engines.registry import list_engines
+
+    items = [{"name": s.name, "description": s.description, "identity": s.identity().to_dict()} for s in list_engines()]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for it in items:
+        ident = it["identity"]
+        click.echo(f"{it['name']}  (v{ident['version']}, {ident['embedding_dim']}-d): {it['description']}")
+        for m in ident["models"]:
+            click.echo(f"  {m['role']}: {m['file']}  {m['licence']}  sha256 {m['sha256'][:16]}...")
+
+
+@main.command()
+@click.option("--embeddings", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Embeddings file from `faceaudit embed` over a labelled dataset.")
+@click.option("--dataset", required=True, help="Name of the dataset, recorded in the calibration.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The manifest embedded, whose SHA-256 is recorded.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibration JSON to write.")
+def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> None:
+    """Derive verification thresholds by FMR from all impostor pairs of a labelled embeddings file."""
+    from faceaudit.calibrate import calibrate_from_embeddings
+
+    cal = calibrate_from_embeddings(embeddings, dataset, manifest)
+    Path(out).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
+    click.echo(f"{cal.n_impostor:,} impostor and {cal.n_genuine:,} genuine pairs; "
+               f"{len(cal.fmr)} thresholds from FMR {cal.fmr[0]:.2g} to {cal.fmr[-1]:.2g} -> {out}")
+    for target in (1e-3, 1e-4, 1e-5, 1e-6):
+        if target >= cal.fmr[-1]:
+            t = cal.threshold_for(target)
+            click.echo(f"  FMR {target:g}: threshold {t:.4f}, FNMR {cal.fnmr_at(t):.2%}")
+
+
+@main.command()
+@click.option("--out", default="faceaudit-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
+def demo(out: str, fmr: float, workers: int | None) -> None:
+    """Embed the bundled London faces and verify every pair, with error rates by sex and ethnicity."""
+    from faceaudit.demo import run_demo
+
+    res = run_demo(out, fmr=fmr, workers=workers)
+    run = res.run
+    click.echo(f"Bundled London faces (CC BY 4.0): {run.n_images} images, {run.n_ok} embedded, "
+               f"{run.n_images - run.n_ok} failed to enrol.")
+    gen = res.pairs[res.pairs["genuine"]]
+    imp = res.pairs[~res.pairs["genuine"]]
+    click.echo(f"Threshold {res.threshold:.4f} (target FMR {fmr:g}, calibrated on LFW).")
+    click.echo(f"Genuine pairs: {len(gen)}, false non-matches: {int((~gen['match']).sum())}; "
+               f"impostor pairs: {len(imp)}, false matches: {int(imp['match'].sum())}.")
+    click.echo("Per group (impostor pairs within the group):")
+    click.echo(res.by_group.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(f"Written: {Path(out) / 'embeddings.parquet'}, {Path(out) / 'pairs.csv'}, {Path(out) / 'by_group.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Engines: detect, align and embed faces. Imports only faceaudit.io and faceaudit.errors."""

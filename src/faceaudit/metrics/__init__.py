@@ -1,0 +1,1 @@
+"""Metrics: rates, summaries and uncertainty computed from scores or from streamed counts."""

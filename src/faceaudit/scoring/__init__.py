@@ -1,0 +1,1 @@
+"""Scoring: compare embeddings block by block and keep only what the metrics need."""
