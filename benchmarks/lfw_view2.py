@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import require_lfw, write_result
 
 import faceaudit
+from _common import require_lfw, write_result
 from faceaudit.io.lfw import read_pairs
 from faceaudit.metrics.verification import kfold_accuracy
 
 
 def pair_scores(frame: pd.DataFrame, pairs: list) -> np.ndarray:
-    emb = {p: np.asarray(e, np.float32) for p, e, ok in zip(frame["path"], frame["embedding"], frame["ok"], strict=True) if ok}
+    rows = zip(frame["path"], frame["embedding"], frame["ok"], strict=True)
+    emb = {p: np.asarray(e, np.float32) for p, e, ok in rows if ok}
     out = np.full(len(pairs), -np.inf)
     for i, p in enumerate(pairs):
         if p.a in emb and p.b in emb:

@@ -6,7 +6,7 @@ Public API (see README): :func:`detect`, :func:`embed_image`, :func:`embed`, :fu
 
 __version__ = "0.1.0"
 
-from faceaudit.api import (  # noqa: E402
+from faceaudit.api import (
     EmbedRun,
     VerifyResult,
     calibration_for,
@@ -16,10 +16,10 @@ from faceaudit.api import (  # noqa: E402
     load_engine,
     verify,
 )
-from faceaudit.engines.base import EnrolSettings, Face, FacePolicy, FaceResult  # noqa: E402
-from faceaudit.engines.registry import list_engines, register_engine  # noqa: E402
-from faceaudit.errors import FaceauditError, ImageError, InputError, ModelError  # noqa: E402
-from faceaudit.io.images import load_image  # noqa: E402
+from faceaudit.engines.base import EnrolSettings, Face, FacePolicy, FaceResult
+from faceaudit.engines.registry import list_engines, register_engine
+from faceaudit.errors import FaceauditError, ImageError, InputError, ModelError
+from faceaudit.io.images import load_image
 
 __all__ = [
     "EmbedRun",

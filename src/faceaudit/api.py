@@ -54,7 +54,9 @@ def detect(image: ImageLike, *, engine: str | None = None) -> list[Face]:
     return load_engine(engine).detect(_rgb(image))
 
 
-def embed_image(image: ImageLike, *, engine: str | None = None, settings: EnrolSettings | None = None) -> list[FaceResult]:
+def embed_image(
+    image: ImageLike, *, engine: str | None = None, settings: EnrolSettings | None = None
+) -> list[FaceResult]:
     """Enrol the subject face(s) of one image: embeddings, or failures to enrol with a reason."""
     return load_engine(engine).enrol(_rgb(image), settings)
 

@@ -1,7 +1,7 @@
 """Build an engine's verification calibration from labelled embeddings (``faceaudit calibrate``).
 
 Every unordered pair of successfully enrolled images is compared; pairs of different subjects are
-impostor pairs. For each FMR on a grid of 20 points per decade from 1e-2 down to the smallest FMR the
+impostor pairs. For each FMR on a grid of 20 points per decade from 2e-2 down to the smallest FMR the
 data supports (10 false matches), the threshold is taken from the exact impostor tail
 (:func:`faceaudit.scoring.all_pairs.threshold_at_fmr`). The result records the data it came from.
 """
@@ -21,7 +21,7 @@ from faceaudit.errors import InputError
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings
 from faceaudit.scoring.all_pairs import score_all_pairs, threshold_at_fmr
 
-MAX_FMR = 1e-2
+MAX_FMR = 2e-2  # so that 1e-2 lies inside the calibrated range
 STEPS_PER_DECADE = 20
 
 
@@ -35,12 +35,12 @@ def calibrate_from_embeddings(path: str | Path, dataset_name: str, manifest: str
     emb = embedding_matrix(df)
     n = len(emb)
     n_pairs_est = n * (n - 1) // 2
-    top_k = int(math.ceil(MAX_FMR * n_pairs_est)) + 2
+    top_k = math.ceil(MAX_FMR * n_pairs_est) + 2
     scores = score_all_pairs(emb, ok["subject_id"].to_numpy(), top_k=top_k)
     if scores.n_genuine == 0:
         raise InputError(f"{path}: no subject has two enrolled images, so there are no genuine pairs")
     lowest = MIN_FALSE_MATCHES / scores.n_impostor
-    n_steps = int(math.floor(STEPS_PER_DECADE * math.log10(MAX_FMR / lowest)))
+    n_steps = math.floor(STEPS_PER_DECADE * math.log10(MAX_FMR / lowest))
     targets = MAX_FMR * 10.0 ** (-np.arange(n_steps + 1) / STEPS_PER_DECADE)
     genuine_sorted = np.sort(scores.genuine)
     rows: dict[float, tuple[float, float]] = {}
@@ -55,7 +55,7 @@ def calibrate_from_embeddings(path: str | Path, dataset_name: str, manifest: str
     source = {
         "dataset": dataset_name,
         "embeddings_file": Path(path).name,
-        "images": int(len(df)),
+        "images": len(df),
         "enrolled": int(n),
         "failed_to_enrol": int((~df["ok"]).sum()),
         "subjects": int(ok["subject_id"].nunique()),

@@ -56,7 +56,7 @@ def detect(images: tuple[str, ...], engine: str | None, as_json: bool) -> None:
     """Detect faces: box (x, y, w, h), 5 landmarks and score for every face of each IMAGE."""
     from faceaudit.api import detect as detect_faces
 
-    out = []
+    out: list[dict[str, Any]] = []
     failed = 0
     for path in images:
         try:
@@ -140,7 +140,9 @@ def engines(as_json: bool) -> None:
     """List the available engines with their identity."""
     from faceaudit.engines.registry import list_engines
 
-    items = [{"name": s.name, "description": s.description, "identity": s.identity().to_dict()} for s in list_engines()]
+    items: list[dict[str, Any]] = [
+        {"name": s.name, "description": s.description, "identity": s.identity().to_dict()} for s in list_engines()
+    ]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,7 +89,7 @@ class EngineIdentity:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-class FacePolicy(str, Enum):
+class FacePolicy(StrEnum):
     """Which face(s) of an image are the subject."""
 
     CENTRAL = "central"  # closest to the image centre: right for dataset photos centred on the subject
@@ -168,7 +168,8 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise ValueError("an embedding has zero or non-finite norm; the model output is unusable")
-    return (x / norms).astype(np.float32)
+    out: np.ndarray = (x / norms).astype(np.float32)
+    return out
 
 
 def select_faces(faces: Sequence[Face], image_size: tuple[int, int], policy: FacePolicy) -> list[int]:
@@ -217,7 +218,8 @@ class Engine:
 
     def align(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         """The aligned crop the embedder sees."""
-        return align_face(rgb, face.landmarks, self.embedder.input_size)
+        crop: np.ndarray = align_face(rgb, face.landmarks, self.embedder.input_size)
+        return crop
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of aligned crops."""

@@ -39,7 +39,9 @@ class ImageOutcome:
 Chunk = list[tuple[int, str, bytes]]
 
 
-def enrol_chunk(engine: Engine, chunk: Chunk, settings: EnrolSettings, max_pixels: int) -> list[tuple[int, list[FaceResult]]]:
+def enrol_chunk(
+    engine: Engine, chunk: Chunk, settings: EnrolSettings, max_pixels: int
+) -> list[tuple[int, list[FaceResult]]]:
     """Decode and enrol a chunk of (index, path, bytes); a bad image never spoils the others."""
     out: dict[int, list[FaceResult]] = {}
     good: list[tuple[int, np.ndarray]] = []

@@ -47,8 +47,9 @@ class Calibration:
         if not (0.0 < target_fmr < 1.0):
             raise CalibrationError(f"target FMR must be between 0 and 1, got {target_fmr}")
         if target_fmr < self.min_fmr or target_fmr < self.fmr[-1]:
+            lowest = max(self.min_fmr, self.fmr[-1])
             raise CalibrationError(
-                f"target FMR {target_fmr:g} is below what the calibration supports ({max(self.min_fmr, self.fmr[-1]):.2g}: "
+                f"target FMR {target_fmr:g} is below what the calibration supports ({lowest:.2g}: "
                 f"{self.n_impostor:,} impostor pairs, at least {MIN_FALSE_MATCHES} false matches needed)"
             )
         if target_fmr > self.fmr[0]:

@@ -65,7 +65,8 @@ def threshold_at_fmr(impostor_top_desc: np.ndarray, n_impostor: int, target_fmr:
     """
     k = int(np.floor(target_fmr * n_impostor))
     if k >= len(impostor_top_desc):
-        raise ValueError(f"target FMR {target_fmr:g} needs the top {k + 1} impostor scores; only {len(impostor_top_desc)} kept")
+        kept = len(impostor_top_desc)
+        raise ValueError(f"target FMR {target_fmr:g} needs the top {k + 1} impostor scores; only {kept} kept")
     s = impostor_top_desc[k]
     t = float(np.nextafter(np.float32(s), np.float32(np.inf)))
     count = int(np.count_nonzero(impostor_top_desc >= t))
