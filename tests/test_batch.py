@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from imagegen import make_corpus
 
 import faceaudit
 from faceaudit.engines.base import EnrolSettings, FacePolicy
 from faceaudit.engines.batch import embed_files
 from faceaudit.engines.cache import EmbeddingCache
 from faceaudit.io.embeddings import read_embeddings
+from imagegen import make_corpus
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, tiny: pd.DataFrame) -> tupl
     """A manifest mixing 20 good faces with the whole bad-input corpus."""
     folder = tmp_path_factory.mktemp("corpus")
     expected = make_corpus(folder / "bad", Path(tiny["file"][0]), Path(tiny["file"][2]))
-    rows = [{"path": f"bad/{name}", "subject_id": "x", "sex": "", "expected": reason} for name, reason in expected.items()]
+    rows = [{"path": f"bad/{name}", "subject_id": "x", "sex": "", "expected": why} for name, why in expected.items()]
     rows.append({"path": "bad/does_not_exist.jpg", "subject_id": "x", "sex": "", "expected": "missing_file"})
     for f, sid, sex in zip(tiny["file"][:20], tiny["subject_id"][:20], tiny["sex"][:20], strict=True):
         rows.append({"path": f, "subject_id": sid, "sex": sex, "expected": ""})

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 from click.testing import CliRunner
-from imagegen import padded
 from PIL import Image
 
 from faceaudit.cli import main
+from imagegen import padded
 
 
 def _pair(tiny: pd.DataFrame, sid: str) -> list[str]:

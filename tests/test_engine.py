@@ -12,7 +12,6 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
-from imagegen import padded, two_faces
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -22,6 +21,7 @@ from faceaudit.engines.models import SFACE_2021DEC_INT8BQ, YUNET_2023MAR_INT8BQ
 from faceaudit.engines.onnx_rewrite import decompose_prelu, fold_constant_weights, prepare_for_onnxruntime
 from faceaudit.errors import ModelError
 from faceaudit.io.images import load_image
+from imagegen import padded, two_faces
 
 
 def test_embeddings_match_opencv_on_the_shipped_int8_model(engine: Engine, tiny: pd.DataFrame) -> None:
