@@ -1,45 +1,49 @@
 """faceaudit: face recognition that is tested for demographic bias.
 
 Public API (see README): :func:`detect`, :func:`embed_image`, :func:`embed`, :func:`verify`,
-:func:`load_engine`, :func:`load_image`, and the result types.
+:func:`load_engine`, :func:`load_image`, and the result types. Names are imported on first use, so
+that a worker process importing one engine module does not pay for pandas and pyarrow.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from faceaudit.api import (
-    EmbedRun,
-    VerifyResult,
-    calibration_for,
-    detect,
-    embed,
-    embed_image,
-    load_engine,
-    verify,
-)
-from faceaudit.engines.base import EnrolSettings, Face, FacePolicy, FaceResult
-from faceaudit.engines.registry import list_engines, register_engine
-from faceaudit.errors import FaceauditError, ImageError, InputError, ModelError
-from faceaudit.io.images import load_image
+_EXPORTS = {
+    "EmbedRun": "faceaudit.api",
+    "VerifyResult": "faceaudit.api",
+    "calibration_for": "faceaudit.api",
+    "detect": "faceaudit.api",
+    "embed": "faceaudit.api",
+    "embed_image": "faceaudit.api",
+    "load_engine": "faceaudit.api",
+    "verify": "faceaudit.api",
+    "EnrolSettings": "faceaudit.engines.base",
+    "Face": "faceaudit.engines.base",
+    "FacePolicy": "faceaudit.engines.base",
+    "FaceResult": "faceaudit.engines.base",
+    "list_engines": "faceaudit.engines.registry",
+    "register_engine": "faceaudit.engines.registry",
+    "FaceauditError": "faceaudit.errors",
+    "ImageError": "faceaudit.errors",
+    "InputError": "faceaudit.errors",
+    "ModelError": "faceaudit.errors",
+    "load_image": "faceaudit.io.images",
+}
 
-__all__ = [
-    "EmbedRun",
-    "EnrolSettings",
-    "Face",
-    "FacePolicy",
-    "FaceResult",
-    "FaceauditError",
-    "ImageError",
-    "InputError",
-    "ModelError",
-    "VerifyResult",
-    "__version__",
-    "calibration_for",
-    "detect",
-    "embed",
-    "embed_image",
-    "list_engines",
-    "load_engine",
-    "load_image",
-    "register_engine",
-    "verify",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'faceaudit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

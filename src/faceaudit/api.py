@@ -18,7 +18,7 @@ import pandas as pd
 
 from faceaudit import __version__
 from faceaudit.engines.base import Engine, EnrolSettings, Face, FaceResult
-from faceaudit.engines.batch import ImageOutcome, embed_files, outcomes_to_frame
+from faceaudit.engines.batch import ImageOutcome, embed_files
 from faceaudit.engines.cache import EmbeddingCache
 from faceaudit.engines.calibration import Calibration, load_calibration
 from faceaudit.engines.registry import engine_spec
@@ -61,6 +61,35 @@ def embed_image(
     return load_engine(engine).enrol(_rgb(image), settings)
 
 
+def outcomes_to_frame(inputs: pd.DataFrame, outcomes: Sequence[ImageOutcome]) -> pd.DataFrame:
+    """One row per result (per image, or per face with policy 'all'): the embeddings file's columns."""
+    if len(inputs) != len(outcomes):
+        raise ValueError(f"{len(inputs)} inputs but {len(outcomes)} outcomes")
+    passthrough = [c for c in inputs.columns if c not in ("path", "subject_id") and not c.startswith("_")]
+    rows = []
+    records = inputs.to_dict("records")
+    for rec, outcome in zip(records, outcomes, strict=True):
+        for r in outcome.results:
+            row: dict[str, Any] = {
+                "path": rec["path"],
+                "subject_id": rec["subject_id"],
+                "sha256": outcome.sha256,
+                "ok": r.ok,
+                "reason": r.reason,
+                "message": r.message,
+                "embedding": r.embedding,
+                "det_score": None if r.face is None else float(r.face.score),
+                "face_index": r.face_index,
+                "n_faces": r.n_faces,
+                "box": None if r.face is None else list(r.face.box),
+                "landmarks": None if r.face is None else r.face.landmarks.ravel().tolist(),
+            }
+            for c in passthrough:
+                row[c] = rec[c]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class EmbedRun:
     """The result of :func:`embed`: the rows written, the file's metadata, and counts."""
@@ -82,7 +111,7 @@ def embed(
     settings: EnrolSettings | None = None,
     workers: int | None = None,
     cache: str | Path | bool = True,
-    batch_size: int = 8,
+    batch_size: int = 4,
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EmbedRun:

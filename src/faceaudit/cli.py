@@ -85,7 +85,7 @@ def detect(images: tuple[str, ...], engine: str | None, as_json: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
 @click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per inference batch.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Images per inference batch.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Embedding cache file (default: ~/.cache/faceaudit/embeddings.sqlite or $FACEAUDIT_CACHE_DIR).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")

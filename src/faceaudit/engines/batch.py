@@ -13,18 +13,18 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from faceaudit.engines.base import Engine, EnrolSettings, FacePolicy, FaceResult
+from faceaudit.engines.base import Engine, EnrolSettings, FaceResult
 from faceaudit.engines.cache import EmbeddingCache, config_key
 from faceaudit.engines.registry import engine_spec
-from faceaudit.errors import ImageError
-from faceaudit.io.images import DEFAULT_MAX_PIXELS, decode_image, read_bytes, sha256_bytes
+from faceaudit.engines.worker import Chunk, enrol_chunk, init_worker, work
+from faceaudit.errors import FaceauditError, ImageError
+from faceaudit.io.images import DEFAULT_MAX_PIXELS, read_bytes, sha256_bytes
 
 
 @dataclass(frozen=True)
@@ -36,49 +36,12 @@ class ImageOutcome:
     cached: bool = False
 
 
-Chunk = list[tuple[int, str, bytes]]
 
-
-def enrol_chunk(
-    engine: Engine, chunk: Chunk, settings: EnrolSettings, max_pixels: int
-) -> list[tuple[int, list[FaceResult]]]:
-    """Decode and enrol a chunk of (index, path, bytes); a bad image never spoils the others."""
-    out: dict[int, list[FaceResult]] = {}
-    good: list[tuple[int, np.ndarray]] = []
-    for idx, path, data in chunk:
-        try:
-            good.append((idx, decode_image(data, path=path, max_pixels=max_pixels).rgb))
-        except ImageError as exc:
-            out[idx] = [FaceResult(ok=False, reason=exc.reason, message=str(exc))]
-    if good:
-        try:
-            plans = engine.enrol_many([rgb for _, rgb in good], settings)
-            for (idx, _), plan in zip(good, plans, strict=True):
-                out[idx] = plan
-        except Exception:  # isolate the failing image: rerun one by one
-            for idx, rgb in good:
-                try:
-                    out[idx] = engine.enrol(rgb, settings)
-                except Exception as exc:
-                    out[idx] = [FaceResult(ok=False, reason="engine_error", message=f"{type(exc).__name__}: {exc}")]
-    return [(idx, out[idx]) for idx, _, _ in chunk]
-
-
-# --- worker process state (one engine per process, loaded once) ---
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(engine_name: str, settings: dict[str, Any], max_pixels: int) -> None:
-    _WORKER["engine"] = engine_spec(engine_name).load(1)
-    _WORKER["settings"] = EnrolSettings(
-        policy=FacePolicy(settings["policy"]), min_det_score=settings["min_det_score"],
-        min_face_px=settings["min_face_px"],
-    )
-    _WORKER["max_pixels"] = max_pixels
-
-
-def _work(chunk: Chunk) -> list[tuple[int, list[FaceResult]]]:
-    return enrol_chunk(_WORKER["engine"], chunk, _WORKER["settings"], _WORKER["max_pixels"])
+def _mp_context() -> Any:
+    """'spawn': each worker starts a fresh interpreter. 'fork' hangs when the parent has already used
+    OpenCV's thread pool (seen here: a fork after cv2 detection deadlocked both workers), so it is not
+    used. Like every spawn-based pool, a calling script needs an ``if __name__ == "__main__":`` guard."""
+    return mp.get_context("spawn")
 
 
 class _Inline:
@@ -107,7 +70,7 @@ def embed_files(
     settings: EnrolSettings | None = None,
     workers: int | None = None,
     cache: EmbeddingCache | None = None,
-    batch_size: int = 8,
+    batch_size: int = 4,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[ImageOutcome]:
@@ -129,13 +92,21 @@ def embed_files(
     def collect(done: set[cf.Future[list[tuple[int, list[FaceResult]]]]]) -> None:
         to_cache = []
         for fut in done:
-            for idx, results in fut.result():
+            try:
+                chunk_results = fut.result()
+            except BrokenProcessPool as exc:
+                raise FaceauditError(
+                    "the worker processes stopped unexpectedly. If you call faceaudit from a script, put the "
+                    "call under `if __name__ == \"__main__\":` (worker processes re-import the script), or "
+                    "pass workers=1; if memory ran out, use fewer workers"
+                ) from exc
+            for idx, results in chunk_results:
                 outcomes[idx] = ImageOutcome(hashes[idx], results)
                 to_cache.append((hashes[idx], key, results))
             in_flight.discard(fut)
+            bar.update(len(chunk_results))
         if cache is not None and to_cache:
             cache.put_many(to_cache)
-        bar.update(sum(len(f.result()) for f in done))
 
     def submit(chunk: Chunk) -> None:
         nonlocal executor
@@ -144,10 +115,10 @@ def embed_files(
                 executor = _Inline(spec.name, settings, max_pixels, threads=1)
             else:
                 executor = cf.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                    max_workers=workers, mp_context=_mp_context(), initializer=init_worker,
                     initargs=(spec.name, settings.to_dict(), max_pixels),
                 )
-        in_flight.add(executor.submit(_work, chunk) if workers > 1 else executor.submit(chunk))
+        in_flight.add(executor.submit(work, chunk) if workers > 1 else executor.submit(chunk))
         while len(in_flight) >= 2 * workers:
             done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
             collect(set(done))
@@ -185,32 +156,3 @@ def embed_files(
             else:
                 executor.shutdown()
     return [o for o in outcomes if o is not None]
-
-
-def outcomes_to_frame(inputs: pd.DataFrame, outcomes: Sequence[ImageOutcome]) -> pd.DataFrame:
-    """One row per result (per image, or per face with policy 'all'): the embeddings file's columns."""
-    if len(inputs) != len(outcomes):
-        raise ValueError(f"{len(inputs)} inputs but {len(outcomes)} outcomes")
-    passthrough = [c for c in inputs.columns if c not in ("path", "subject_id") and not c.startswith("_")]
-    rows = []
-    records = inputs.to_dict("records")
-    for rec, outcome in zip(records, outcomes, strict=True):
-        for r in outcome.results:
-            row: dict[str, Any] = {
-                "path": rec["path"],
-                "subject_id": rec["subject_id"],
-                "sha256": outcome.sha256,
-                "ok": r.ok,
-                "reason": r.reason,
-                "message": r.message,
-                "embedding": r.embedding,
-                "det_score": None if r.face is None else float(r.face.score),
-                "face_index": r.face_index,
-                "n_faces": r.n_faces,
-                "box": None if r.face is None else list(r.face.box),
-                "landmarks": None if r.face is None else r.face.landmarks.ravel().tolist(),
-            }
-            for c in passthrough:
-                row[c] = rec[c]
-            rows.append(row)
-    return pd.DataFrame(rows)

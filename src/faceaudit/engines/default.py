@@ -8,13 +8,10 @@ on OpenCV, which runs YuNet as shipped including its post-processing (4 ms per 2
 
 from __future__ import annotations
 
-import cv2
-import onnxruntime as ort
+from importlib import metadata
 
 from faceaudit.engines.base import Engine, EngineIdentity
 from faceaudit.engines.models import SFACE_2021DEC_INT8BQ, YUNET_2023MAR_INT8BQ
-from faceaudit.engines.onnx_embedder import OnnxEmbedder
-from faceaudit.engines.yunet import YuNetDetector
 
 NAME = "yunet-sface"
 #: Bumped whenever anything here changes the vectors (so caches never serve stale ones).
@@ -37,12 +34,29 @@ def identity() -> EngineIdentity:
             "align": "Umeyama similarity on 5 landmarks to the ArcFace 112x112 template, bilinear",
             "embed": "RGB float32 0-255 NCHW (the graph applies (x-127.5)/128), L2-normalised",
         },
-        runtime={"opencv": cv2.__version__, "onnxruntime": ort.__version__},
+        runtime={"opencv": _version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
+                                    "opencv-contrib-python"),
+                 "onnxruntime": _version("onnxruntime")},
     )
+
+
+def _version(*distributions: str) -> str:
+    """Installed version of the first distribution found (read from metadata: no heavy import)."""
+    for dist in distributions:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def load(threads: int = 1) -> Engine:
     """Load the default engine; ``threads`` is onnxruntime's and OpenCV's thread count."""
+    import cv2  # heavy imports only where a model is loaded
+
+    from faceaudit.engines.onnx_embedder import OnnxEmbedder
+    from faceaudit.engines.yunet import YuNetDetector
+
     cv2.setNumThreads(threads)
     detector = YuNetDetector(YUNET_2023MAR_INT8BQ)
     embedder = OnnxEmbedder(SFACE_2021DEC_INT8BQ.read_verified(), threads=threads)

@@ -1,0 +1,73 @@
+"""What a worker process runs: decode and enrol chunks of images with one engine loaded once.
+
+Kept apart from :mod:`faceaudit.engines.batch` so that a worker imports only what it needs (no
+pandas, pyarrow or progress bars): each worker's memory is its engine and a chunk of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import sys
+from typing import Any
+
+import numpy as np
+
+from faceaudit.engines.base import Engine, EnrolSettings, FacePolicy, FaceResult
+from faceaudit.engines.registry import engine_spec
+from faceaudit.errors import ImageError
+from faceaudit.io.images import decode_image
+
+Chunk = list[tuple[int, str, bytes]]
+
+
+def enrol_chunk(
+    engine: Engine, chunk: Chunk, settings: EnrolSettings, max_pixels: int
+) -> list[tuple[int, list[FaceResult]]]:
+    """Decode and enrol a chunk of (index, path, bytes); a bad image never spoils the others."""
+    out: dict[int, list[FaceResult]] = {}
+    good: list[tuple[int, np.ndarray]] = []
+    for idx, path, data in chunk:
+        try:
+            good.append((idx, decode_image(data, path=path, max_pixels=max_pixels).rgb))
+        except ImageError as exc:
+            out[idx] = [FaceResult(ok=False, reason=exc.reason, message=str(exc))]
+    if good:
+        try:
+            plans = engine.enrol_many([rgb for _, rgb in good], settings)
+            for (idx, _), plan in zip(good, plans, strict=True):
+                out[idx] = plan
+        except Exception:  # isolate the failing image: rerun one by one
+            for idx, rgb in good:
+                try:
+                    out[idx] = engine.enrol(rgb, settings)
+                except Exception as exc:
+                    out[idx] = [FaceResult(ok=False, reason="engine_error", message=f"{type(exc).__name__}: {exc}")]
+    return [(idx, out[idx]) for idx, _, _ in chunk]
+
+
+# --- worker process state (one engine per process, loaded once) ---
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(engine_name: str, settings: dict[str, Any], max_pixels: int) -> None:
+    _WORKER["engine"] = engine_spec(engine_name).load(1)
+    _WORKER["settings"] = EnrolSettings(
+        policy=FacePolicy(settings["policy"]), min_det_score=settings["min_det_score"],
+        min_face_px=settings["min_face_px"],
+    )
+    _WORKER["max_pixels"] = max_pixels
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Return freed heap to the OS: loading a model leaves large temporary buffers behind."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # not glibc (e.g. musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def work(chunk: Chunk) -> list[tuple[int, list[FaceResult]]]:
+    return enrol_chunk(_WORKER["engine"], chunk, _WORKER["settings"], _WORKER["max_pixels"])
