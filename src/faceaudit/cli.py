@@ -175,6 +175,52 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 
 
 @main.command()
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Embeddings file from `faceaudit embed`.")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pairs file of another system (CSV or Parquet: id_a, id_b, score); needs --manifest.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --scores: CSV or Parquet with id, subject_id and attribute columns.")
+@click.option("--distance", is_flag=True, help="With --scores: lower scores mean more similar.")
+@click.option("--by", "by", multiple=True, required=True, help="Attribute column to group by (repeatable).")
+@click.option("--intersect", is_flag=True, help="One analysis of the intersection of all --by attributes.")
+@click.option("--fmr", "fmrs", multiple=True, type=float, help="Target FMR (repeatable; default 1e-3..1e-6).")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of FMR in IR, FDR and GARBE.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
+             intersect: bool, fmrs: tuple[float, ...], alpha: float, out: str, quiet: bool) -> None:
+    """Per-group false match and false non-match rates at one global threshold per target FMR."""
+    from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_scores
+
+    targets = list(fmrs) or list(DEFAULT_FMRS)
+    if (embeddings is None) == (scores is None):
+        raise click.UsageError("give either --embeddings, or --scores with --manifest")
+    if scores is not None:
+        if manifest is None:
+            raise click.UsageError("--scores needs --manifest (id, subject_id, attributes)")
+        result = evaluate_scores(scores, manifest, list(by), higher_is_similar=not distance, intersect=intersect,
+                                 target_fmrs=targets, alpha=alpha)
+    else:
+        assert embeddings is not None
+        result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
+                                     progress=not quiet)
+    doc = result.to_dict()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    for analysis in result.analyses:
+        table = analysis.group_table()
+        cols = ["target_fmr", "group", "threshold", "fmr", "false_matches", "impostor_pairs", "fnmr",
+                "false_non_matches", "genuine_pairs", "threshold_shift"]
+        click.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for op in analysis.operating_points:
+            s = op.summary
+            click.echo(f"FMR {op.target_fmr:g}: FPD {s.fpd:.3g}  FND {s.fnd:.3g}  IR {s.ir:.3g}  FDR {s.fdr:.4f}  "
+                       f"GARBE {s.garbe:.3g}  SER {s.ser:.3g}  (alpha {s.alpha})")
+    click.echo(f"written: {out}")
+
+
+@main.command()
 @click.option("--out", default="faceaudit-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")

@@ -1,0 +1,204 @@
+"""The evaluation engine against a naive all-pairs computation, hand-checked summaries, and score files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_curve
+
+from faceaudit.evaluate import evaluate_embeddings, evaluate_scores
+from faceaudit.io.embeddings import write_embeddings
+from faceaudit.metrics.rates import counts_at, global_threshold
+from faceaudit.metrics.summary import gini, summarise
+from faceaudit.scoring.compare import compare_embeddings
+from faceaudit.scoring.groups import assign_groups, cell_index
+from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
+
+
+def population(n_subjects: int = 90, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Synthetic subjects with 1-4 images each, two attributes (one with unknowns), unit embeddings."""
+    rng = np.random.default_rng(seed)
+    rows, vecs = [], []
+    for s in range(n_subjects):
+        centre = rng.normal(size=32)
+        sex = ["F", "M"][s % 2]
+        race = ["A", "B", ""][s % 3]
+        for k in range(int(rng.integers(1, 5))):
+            rows.append({"path": f"{s}/{k}.jpg", "subject_id": f"s{s:03d}", "sex": sex, "race": race})
+            vecs.append(centre + rng.normal(scale=0.9, size=32))
+    emb = np.array(vecs, np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return pd.DataFrame(rows), emb
+
+
+def naive_pairs(table: pd.DataFrame, emb: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
+    i, j = np.triu_indices(len(emb), k=1)
+    scores = np.einsum("ij,ij->i", emb[i].astype(np.float64), emb[j].astype(np.float64))
+    subj = table["subject_id"].to_numpy()
+    return pd.DataFrame({"i": i, "j": j, "score": scores, "genuine": subj[i] == subj[j],
+                         "ga": np.minimum(groups[i], groups[j]), "gb": np.maximum(groups[i], groups[j])})
+
+
+def stats_for(table: pd.DataFrame, emb: np.ndarray, attrs: list[str], top_k: int, block: int = 16) -> PairStatistics:
+    g = assign_groups(table, attrs)
+    subj = np.unique(table["subject_id"], return_inverse=True)[1]
+    return compare_embeddings(emb, subj, g.index, g.n_groups, top_k=top_k, block=block)
+
+
+def test_streamed_statistics_equal_the_naive_computation() -> None:
+    table, emb = population()
+    g = assign_groups(table, ["sex", "race"])
+    assert "sex=F|race=unknown" in g.labels and g.n_groups == 6  # a missing label is its own group
+    stats = stats_for(table, emb, ["sex", "race"], top_k=10**6)
+    ref = naive_pairs(table, emb, g.index)
+    gen, imp = ref[ref["genuine"]], ref[~ref["genuine"]]
+    s, cells, _ = stats.genuine()
+    np.testing.assert_allclose(np.sort(s), np.sort(gen["score"]), atol=1e-5)
+    want = np.bincount(cell_index(imp["ga"].to_numpy(), imp["gb"].to_numpy(), g.n_groups),
+                       minlength=stats.impostor_hist.shape[0])
+    np.testing.assert_array_equal(stats.n_impostor, want)
+    np.testing.assert_allclose(np.sort(stats.tail_score)[::-1], np.sort(imp["score"])[::-1], atol=1e-5)
+    for target in (1e-1, 1e-2):
+        t = global_threshold(stats, target)
+        assert t.exact and t.fmr <= target
+        c = counts_at(stats, t)
+        match = imp["score"] >= t.value
+        assert t.false_matches == int(match.sum())
+        per_cell = np.bincount(cell_index(imp["ga"][match].to_numpy(), imp["gb"][match].to_numpy(), g.n_groups),
+                               minlength=len(want))
+        np.testing.assert_array_equal(c.false_matches, per_cell)
+        for k in range(g.n_groups):
+            own = gen[(gen["ga"] == k) & (gen["gb"] == k)]
+            assert c.genuine_pairs[k] == len(own)
+            assert c.false_non_matches[k] == int((own["score"] < t.value).sum())
+
+
+def test_small_tail_falls_back_to_bins_within_one_bin() -> None:
+    table, emb = population(seed=1)
+    exact = stats_for(table, emb, ["sex"], top_k=10**6)
+    binned = stats_for(table, emb, ["sex"], top_k=5)
+    np.testing.assert_array_equal(exact.impostor_hist, binned.impostor_hist)
+    for target in (1e-1, 3e-2):
+        te, tb = global_threshold(exact, target), global_threshold(binned, target)
+        assert te.exact and not tb.exact
+        assert abs(tb.value - te.value) <= exact.bins.width + 1e-7
+        assert tb.fmr <= target
+        # at the bin edge the counts are exact: compare with the exact tail
+        n_ge = int(np.count_nonzero(exact.tail_score >= tb.value))
+        assert tb.false_matches == n_ge
+        np.testing.assert_array_equal(counts_at(binned, tb).false_matches,
+                                      np.bincount(exact.tail_cell[exact.tail_score >= tb.value],
+                                                  minlength=exact.impostor_hist.shape[0]))
+
+
+def test_overall_fmr_agrees_with_sklearn() -> None:
+    table, emb = population(seed=2)
+    stats = stats_for(table, emb, ["sex"], top_k=10**6)
+    g = assign_groups(table, ["sex"])
+    ref = naive_pairs(table, emb, g.index)
+    fpr, _, thr = roc_curve(ref["genuine"], ref["score"].astype(np.float32), drop_intermediate=False)
+    t = global_threshold(stats, 1e-2)
+    assert t.fmr == pytest.approx(fpr[fpr <= 1e-2].max(), abs=1e-12)
+
+
+def test_coarsening_equals_direct_computation() -> None:
+    table, emb = population(seed=3)
+    fine_g = assign_groups(table, ["sex", "race"])
+    fine = stats_for(table, emb, ["sex", "race"], top_k=10**6)
+    coarse_g = assign_groups(table, ["sex"])
+    mapping = np.empty(fine_g.n_groups, np.int64)
+    mapping[fine_g.index] = coarse_g.index
+    derived = coarsen(fine, mapping, coarse_g.n_groups)
+    direct = stats_for(table, emb, ["sex"], top_k=10**6)
+    np.testing.assert_array_equal(derived.impostor_hist, direct.impostor_hist)
+    np.testing.assert_allclose(derived.impostor_sum, direct.impostor_sum, rtol=1e-6)  # float32 block sums
+    t = global_threshold(direct, 1e-2)
+    for field in ("false_matches", "false_non_matches", "genuine_pairs", "impostor_pairs"):
+        np.testing.assert_array_equal(getattr(counts_at(derived, t), field), getattr(counts_at(direct, t), field))
+
+
+def test_merge_is_exact_in_any_order() -> None:
+    rng = np.random.default_rng(4)
+    s = rng.normal(size=5000).astype(np.float32)
+    cells = rng.integers(0, 3, 5000)
+    sa, sb = rng.integers(0, 50, 5000), rng.integers(50, 100, 5000)
+    whole = PairStatistics(n_groups=2, bins=ScoreBins(-5, 5, 1000), top_k=100)
+    whole.add_impostor_pairs(s, cells, sa, sb)
+    parts = []
+    for idx in np.array_split(rng.permutation(5000), 7):
+        p = PairStatistics(n_groups=2, bins=ScoreBins(-5, 5, 1000), top_k=100)
+        p.add_impostor_pairs(s[idx], cells[idx], sa[idx], sb[idx])
+        parts.append(p)
+    merged = parts[3]
+    for p in parts[:3] + parts[4:]:
+        merged.merge(p)
+    np.testing.assert_array_equal(merged.impostor_hist, whole.impostor_hist)
+    np.testing.assert_array_equal(np.sort(merged.tail_score), np.sort(whole.tail_score))
+    np.testing.assert_array_equal(np.sort(merged.tail_score), np.sort(s)[-100:])
+
+
+def test_summary_measures_by_hand() -> None:
+    # FMR = (0.001, 0.004), FNMR = (0.02, 0.01)
+    s = summarise(["a", "b"], np.array([1, 4]), np.array([1000, 1000]), np.array([2, 1]), np.array([100, 100]), 0.5)
+    assert s.fpd == pytest.approx(4.0) and s.fnd == pytest.approx(2.0)
+    assert s.ir == pytest.approx(np.sqrt(8.0))
+    assert s.fdr == pytest.approx(1 - (0.5 * 0.003 + 0.5 * 0.01))
+    # G = n/(n-1) * sum|xi-xj| / (2 n^2 mean): FMR 2 * 0.006 / 0.02 = 0.6; FNMR 2 * 0.02 / 0.12 = 1/3
+    assert s.garbe == pytest.approx(0.5 * 0.6 + 0.5 / 3)
+    assert s.ser == pytest.approx(0.0105 / 0.007)
+    assert s.accuracy_std == pytest.approx(np.std([1 - 0.0105, 1 - 0.007]))
+    assert s.zero_rule_fmr == () and s.left_out == ()
+
+
+def test_zero_rates_single_group_and_empty_groups() -> None:
+    s = summarise(["a", "b", "c"], np.array([0, 6, 1]), np.array([1000, 2000, 0]), np.array([0, 1]).repeat([1, 2]),
+                  np.array([50, 50, 50]), 0.5)
+    assert s.left_out == ("c",)  # no impostor pairs
+    assert s.zero_rule_fmr == ("a",) and s.zero_rule_fnmr == ("a",)
+    assert s.fpd == pytest.approx((6 / 2000) / (3 / 1000))  # 0 of 1000 counts as 3/1000
+    assert s.fnd == pytest.approx((3 / 50) / (1 / 50))  # the replaced zero is now the larger rate
+    assert np.isfinite(s.ir) and np.isfinite(s.ser)
+    one = summarise(["a"], np.array([3]), np.array([1000]), np.array([2]), np.array([100]), 0.3)
+    assert (one.fpd, one.fnd, one.ir, one.fdr, one.garbe) == (1.0, 1.0, 1.0, 1.0, 0.0) and one.notes
+
+
+def test_gini_matches_the_sorted_formula() -> None:
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 7, 20):
+        x = rng.uniform(0.001, 0.1, n)
+        xs = np.sort(x)
+        sorted_form = (2 * np.sum(np.arange(1, n + 1) * xs) / (n * xs.sum()) - (n + 1) / n) * n / (n - 1)
+        assert gini(x) == pytest.approx(sorted_form)
+    assert gini(np.array([0.2, 0.2, 0.2])) == 0.0
+
+
+def _write_population(tmp_path: Path, table: pd.DataFrame, emb: np.ndarray) -> Path:
+    df = table.assign(sha256="", ok=True, reason="", message="", embedding=list(emb), det_score=0.9, face_index=0,
+                      n_faces=1, box=None, landmarks=None)
+    path = tmp_path / "emb.parquet"
+    write_embeddings(df, path, {"engine": {"name": "synthetic", "embedding_dim": 32}})
+    return path
+
+
+def test_score_files_give_the_same_counts_as_embeddings(tmp_path: Path) -> None:
+    table, emb = population(seed=6)
+    from_emb = evaluate_embeddings(_write_population(tmp_path, table, emb), ["sex"], target_fmrs=[1e-2])
+    i, j = np.triu_indices(len(emb), k=1)
+    scores = (emb[i] * emb[j]).sum(axis=1)
+    ids = np.array([f"img{k}" for k in range(len(emb))])
+    pd.DataFrame({"id": ids, "subject_id": table["subject_id"], "sex": table["sex"]}).to_csv(tmp_path / "m.csv",
+                                                                                             index=False)
+    pairs = pd.DataFrame({"id_a": ids[i], "id_b": ids[j], "score": 1 - scores})  # distances
+    extra = pd.DataFrame({"id_a": ["nope", "img0"], "id_b": ["img1", "img0"], "score": [0.5, 0.1]})
+    pd.concat([pairs, extra]).to_parquet(tmp_path / "p.parquet")
+    from_scores = evaluate_scores(tmp_path / "p.parquet", tmp_path / "m.csv", ["sex"], higher_is_similar=False,
+                                  target_fmrs=[1e-2], chunk_rows=777)
+    assert from_scores.excluded == {"unknown_id": 1, "same_image": 1, "missing_score": 0}
+    a, b = from_emb.analyses[0].operating_points[0], from_scores.analyses[0].operating_points[0]
+    assert a.threshold.false_matches == b.threshold.false_matches
+    np.testing.assert_array_equal(a.counts.impostor_pairs, b.counts.impostor_pairs)
+    np.testing.assert_array_equal(a.counts.genuine_pairs, b.counts.genuine_pairs)
+    np.testing.assert_array_equal(a.counts.false_non_matches, b.counts.false_non_matches)
