@@ -55,7 +55,7 @@ def test_streamed_statistics_equal_the_naive_computation() -> None:
     stats = stats_for(table, emb, ["sex", "race"], top_k=10**6)
     ref = naive_pairs(table, emb, g.index)
     gen, imp = ref[ref["genuine"]], ref[~ref["genuine"]]
-    s, cells, _ = stats.genuine()
+    s, _, _ = stats.genuine()
     np.testing.assert_allclose(np.sort(s), np.sort(gen["score"]), atol=1e-5)
     want = np.bincount(cell_index(imp["ga"].to_numpy(), imp["gb"].to_numpy(), g.n_groups),
                        minlength=stats.impostor_hist.shape[0])
@@ -99,7 +99,7 @@ def test_overall_fmr_agrees_with_sklearn() -> None:
     stats = stats_for(table, emb, ["sex"], top_k=10**6)
     g = assign_groups(table, ["sex"])
     ref = naive_pairs(table, emb, g.index)
-    fpr, _, thr = roc_curve(ref["genuine"], ref["score"].astype(np.float32), drop_intermediate=False)
+    fpr, _, _ = roc_curve(ref["genuine"], ref["score"].astype(np.float32), drop_intermediate=False)
     t = global_threshold(stats, 1e-2)
     assert t.fmr == pytest.approx(fpr[fpr <= 1e-2].max(), abs=1e-12)
 
@@ -202,3 +202,56 @@ def test_score_files_give_the_same_counts_as_embeddings(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.counts.impostor_pairs, b.counts.impostor_pairs)
     np.testing.assert_array_equal(a.counts.genuine_pairs, b.counts.genuine_pairs)
     np.testing.assert_array_equal(a.counts.false_non_matches, b.counts.false_non_matches)
+
+
+def test_evaluate_command_on_real_faces_writes_valid_results(tmp_path: Path, tiny_manifest: Path) -> None:
+    import json
+
+    import jsonschema
+    from click.testing import CliRunner
+
+    from faceaudit.cli import main
+    from tests_paths import SCHEMA
+
+    runner = CliRunner()
+    emb = tmp_path / "tiny.parquet"
+    assert runner.invoke(main, ["embed", str(tiny_manifest), "--out", str(emb), "--quiet"]).exit_code == 0
+    out = tmp_path / "results.json"
+    res = runner.invoke(main, ["evaluate", "--embeddings", str(emb), "--by", "sex", "--by", "race",
+                               "--fmr", "1e-3", "--fmr", "1e-6", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    assert [a["attributes"] for a in doc["analyses"]] == [["sex"], ["race"]]
+    assert doc["settings"]["target_fmrs"] == [1e-3] and doc["settings"]["skipped_targets"][0]["target_fmr"] == 1e-6
+    sex = doc["analyses"][0]
+    assert sum(c["images"] for c in sex["counts"]) == 204
+    assert sum(c["genuine_pairs"] for c in sex["counts"]) + sex["genuine_pairs_across_groups"] == 102
+    op = sex["operating_points"][0]
+    assert op["threshold_exact"] and op["fmr"] <= 1e-3
+    m = np.array(op["cross_group_fmr"]["matrix"], dtype=float)
+    np.testing.assert_allclose(m, m.T)
+    assert [g["fmr"] for g in op["groups"]] == [m[i, i] for i in range(len(m))]
+    intersect = runner.invoke(main, ["evaluate", "--embeddings", str(emb), "--by", "sex", "--by", "race",
+                                     "--intersect", "--fmr", "1e-3", "--out", str(out), "--quiet"])
+    assert intersect.exit_code == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["analyses"]) == 1 and "sex=F|race=" in doc["analyses"][0]["groups"][0]["group"]
+    bad = runner.invoke(main, ["evaluate", "--embeddings", str(emb), "--by", "height", "--out", str(out)])
+    assert bad.exit_code == 1 and "unknown attribute column(s) height" in bad.output
+
+
+def test_calibration_and_evaluation_paths_agree_on_the_threshold() -> None:
+    """Two independent code paths: scoring.all_pairs (calibration) and scoring.compare (evaluation)."""
+    from faceaudit.scoring.all_pairs import score_all_pairs, threshold_at_fmr
+
+    table, emb = population(n_subjects=150, seed=7)
+    subj = np.unique(table["subject_id"], return_inverse=True)[1]
+    simple = score_all_pairs(emb, subj, top_k=10**6)
+    stats = stats_for(table, emb, ["sex", "race"], top_k=10**6)
+    for target in (1e-1, 1e-2, 1e-3):
+        t_cal, n_cal = threshold_at_fmr(simple.impostor_top, simple.n_impostor, target)
+        t_eval = global_threshold(stats, target)
+        assert simple.n_impostor == t_eval.impostor_pairs
+        assert n_cal == t_eval.false_matches
+        assert t_cal == pytest.approx(t_eval.value, abs=1e-6)

@@ -1,0 +1,6 @@
+"""Paths of repository files the tests read."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "schemas" / "results.schema.json"
