@@ -232,6 +232,12 @@ def test_evaluate_command_on_real_faces_writes_valid_results(tmp_path: Path, tin
     m = np.array(op["cross_group_fmr"]["matrix"], dtype=float)
     np.testing.assert_allclose(m, m.T)
     assert [g["fmr"] for g in op["groups"]] == [m[i, i] for i in range(len(m))]
+    assert doc["uncertainty"]["replicates"] == 1000 and doc["uncertainty"]["seed"] == 0
+    for g in op["groups"]:
+        lo, hi = g["fnmr_ci"]
+        assert lo <= g["fnmr"] <= hi
+        if g["false_non_matches"] == 0:  # studio photos: no errors, so the rule-of-3 interval
+            assert (lo, hi) == (0.0, pytest.approx(3 / g["genuine_pairs"]))
     intersect = runner.invoke(main, ["evaluate", "--embeddings", str(emb), "--by", "sex", "--by", "race",
                                      "--intersect", "--fmr", "1e-3", "--out", str(out), "--quiet"])
     assert intersect.exit_code == 0
@@ -255,3 +261,15 @@ def test_calibration_and_evaluation_paths_agree_on_the_threshold() -> None:
         assert simple.n_impostor == t_eval.impostor_pairs
         assert n_cal == t_eval.false_matches
         assert t_cal == pytest.approx(t_eval.value, abs=1e-6)
+
+
+def test_bootstrap_is_reproducible_by_seed(tmp_path: Path) -> None:
+    table, emb = population(n_subjects=60, seed=8)
+    path = _write_population(tmp_path, table, emb)
+
+    def cis(seed: int) -> list[object]:
+        res = evaluate_embeddings(path, ["sex"], target_fmrs=[5e-2], bootstrap=200, seed=seed)
+        return [g["fmr_ci"] for g in res.to_dict()["analyses"][0]["operating_points"][0]["groups"]]
+
+    assert cis(1) == cis(1)
+    assert cis(1) != cis(2)

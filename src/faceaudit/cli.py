@@ -186,10 +186,14 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 @click.option("--intersect", is_flag=True, help="One analysis of the intersection of all --by attributes.")
 @click.option("--fmr", "fmrs", multiple=True, type=float, help="Target FMR (repeatable; default 1e-3..1e-6).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of FMR in IR, FDR and GARBE.")
+@click.option("--bootstrap", "replicates", type=int, default=1000, show_default=True,
+              help="Subject-level bootstrap replicates for confidence intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
-             intersect: bool, fmrs: tuple[float, ...], alpha: float, out: str, quiet: bool) -> None:
+             intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, seed: int, out: str,
+             quiet: bool) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
     from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_scores
 
@@ -204,14 +208,14 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
     else:
         assert embeddings is not None
         result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
-                                     progress=not quiet)
+                                     bootstrap=replicates, seed=seed, progress=not quiet)
     doc = result.to_dict()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")
     for analysis in result.analyses:
         table = analysis.group_table()
-        cols = ["target_fmr", "group", "threshold", "fmr", "false_matches", "impostor_pairs", "fnmr",
-                "false_non_matches", "genuine_pairs", "threshold_shift"]
+        cols = ["target_fmr", "group", "threshold", "fmr", "fmr_ci_low", "fmr_ci_high", "false_matches",
+                "impostor_pairs", "fnmr", "fnmr_ci_low", "fnmr_ci_high", "genuine_pairs", "threshold_shift"]
         click.echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         for op in analysis.operating_points:
             s = op.summary

@@ -18,6 +18,7 @@ import pandas as pd
 from faceaudit.errors import InputError
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings
 from faceaudit.io.scores import iter_pairs, read_score_manifest
+from faceaudit.metrics.bootstrap import BootstrapSpec
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
 from faceaudit.scoring.compare import compare_embeddings
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
@@ -78,13 +79,31 @@ def _coarse_map(fine: Grouping, coarse: Grouping) -> np.ndarray:
 
 
 def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics, by: Sequence[str],
-           intersect: bool, targets: Sequence[float], alpha: float) -> list[Analysis]:
+           intersect: bool, targets: Sequence[float], alpha: float, subjects: np.ndarray | None = None,
+           bootstrap: BootstrapSpec | None = None) -> list[Analysis]:
     out = []
     for attrs in _analyses_attrs(by, intersect):
         grouping = assign_groups(table, attrs)
         s = stats if grouping.labels == fine.labels else coarsen(stats, _coarse_map(fine, grouping), grouping.n_groups)
-        out.append(analyse(s, grouping, _group_counts(table, grouping, ok, s), list(targets), alpha))
+        per_subject = None
+        if subjects is not None:
+            per_subject = np.zeros((int(subjects.max()) + 1, grouping.n_groups))
+            np.add.at(per_subject, (subjects[ok], grouping.index[ok]), 1)
+        out.append(analyse(s, grouping, _group_counts(table, grouping, ok, s), list(targets), alpha,
+                           per_subject, bootstrap))
     return out
+
+
+def _uncertainty(spec: BootstrapSpec) -> dict[str, Any]:
+    if spec.replicates <= 0:
+        return {"method": None, "note": "bootstrap switched off (--bootstrap 0)"}
+    return {
+        "method": "subject-level bootstrap, stratified by group, percentile intervals",
+        "replicates": spec.replicates, "seed": spec.seed, "confidence": spec.confidence,
+        "zero_errors": "rule of 3: [0, 3/n] when a group has no observed errors",
+        "effective_sample_size": "n_eff = p (1 - p) / bootstrap variance of p",
+        "threshold": "fixed at its full-data value; intervals only where the threshold is exact",
+    }
 
 
 def evaluate_embeddings(
@@ -96,9 +115,14 @@ def evaluate_embeddings(
     alpha: float = 0.5,
     bins: ScoreBins | None = None,
     top_k: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
     progress: bool = False,
 ) -> EvaluationResult:
-    """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images."""
+    """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
+
+    ``bootstrap`` replicates of a subject-level bootstrap give the intervals (0: none).
+    """
     df, meta = read_embeddings(path)
     fine = assign_groups(df, list(by))
     ok = df["ok"].to_numpy(bool)
@@ -113,8 +137,10 @@ def evaluate_embeddings(
                                progress=progress)
     if stats.n_impostor.sum() == 0:
         raise InputError(f"{path}: no impostor pairs (all enrolled images belong to one subject)")
+    spec = BootstrapSpec(replicates=bootstrap, seed=seed)
     return EvaluationResult(
-        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha),
+        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec),
+        uncertainty=_uncertainty(spec),
         inputs={"embeddings": str(path), "engine": meta.get("engine"), "images": len(df), "enrolled": n},
         settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,
                   "alpha": alpha, "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": k,
@@ -179,6 +205,8 @@ def evaluate_scores(
         raise InputError(f"{pairs}: no impostor pairs among the usable rows ({excluded})")
     ok = np.ones(len(table), bool)
     return EvaluationResult(
+        uncertainty={"method": None, "note": "intervals need all pairs among the subjects; a pairs file gives "
+                                             "only the pairs it lists, so no intervals are computed for it"},
         analyses=_build(table, ok, fine, stats, by, intersect, targets, alpha),
         inputs={"pairs": str(pairs), "manifest": str(manifest), "pairs_read": n_rows},
         settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from faceaudit.metrics.bootstrap import BootstrapSpec, RateIntervals, bootstrap_rates
 from faceaudit.metrics.rates import (
     CellCounts,
     DetCurve,
@@ -46,6 +47,14 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _ci(iv: RateIntervals | None, which: str, i: int) -> list[float] | None:
+    """An interval as [low, high], or None when not computed or undefined."""
+    if iv is None:
+        return None
+    lo, hi = getattr(iv, which)[i]
+    return None if np.isnan(lo) or np.isnan(hi) else [float(lo), float(hi)]
+
+
 @dataclass(frozen=True)
 class GroupCounts:
     group: str
@@ -64,6 +73,7 @@ class OperatingPoint:
     counts: CellCounts
     group_thresholds: list[Threshold]
     summary: Summary
+    intervals: RateIntervals | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,12 @@ class Analysis:
             fm, imp = op.counts.diagonal(g)
             for i, lab in enumerate(labels):
                 gt = op.group_thresholds[i]
+                fmr_ci, fnmr_ci = _ci(op.intervals, "fmr_ci", i), _ci(op.intervals, "fnmr_ci", i)
                 rows.append({
                     "target_fmr": op.target_fmr, "group": lab, **self.grouping.values(i),
+                    "fmr_ci_low": fmr_ci[0] if fmr_ci else np.nan, "fmr_ci_high": fmr_ci[1] if fmr_ci else np.nan,
+                    "fnmr_ci_low": fnmr_ci[0] if fnmr_ci else np.nan,
+                    "fnmr_ci_high": fnmr_ci[1] if fnmr_ci else np.nan,
                     "threshold": op.threshold.value,
                     "fmr": fm[i] / imp[i] if imp[i] else np.nan, "false_matches": int(fm[i]),
                     "impostor_pairs": int(imp[i]),
@@ -114,14 +128,17 @@ class Analysis:
         for op in self.operating_points:
             fm, imp = op.counts.diagonal(g)
             groups = []
+            iv = op.intervals
             for i, lab in enumerate(labels):
                 gt = op.group_thresholds[i]
                 gen, fnm = op.counts.genuine_pairs[i], op.counts.false_non_matches[i]
                 groups.append({
                     "group": lab, "values": self.grouping.values(i),
-                    "fmr": fm[i] / imp[i] if imp[i] else None, "fmr_ci": None,
+                    "fmr": fm[i] / imp[i] if imp[i] else None, "fmr_ci": _ci(iv, "fmr_ci", i),
+                    "fmr_n_eff": None if iv is None else iv.fmr_n_eff[i],
                     "false_matches": fm[i], "impostor_pairs": imp[i],
-                    "fnmr": fnm / gen if gen else None, "fnmr_ci": None,
+                    "fnmr": fnm / gen if gen else None, "fnmr_ci": _ci(iv, "fnmr_ci", i),
+                    "fnmr_n_eff": None if iv is None else iv.fnmr_n_eff[i],
                     "false_non_matches": fnm, "genuine_pairs": gen,
                     "fmr_vs_target": (fm[i] / imp[i] / op.target_fmr) if imp[i] else None,
                     "group_threshold": gt.value, "group_threshold_exact": gt.exact,
@@ -138,7 +155,10 @@ class Analysis:
                 "fnmr": int(op.counts.false_non_matches.sum()) / total_gen if total_gen else None,
                 "groups": groups,
                 "cross_group_fmr": {"groups": list(labels), "matrix": op.counts.fmr_matrix(g)},
-                "summary": op.summary.to_dict(),
+                "summary": {**op.summary.to_dict(),
+                            "ci": None if op.intervals is None else {
+                                k: (None if np.isnan(v[0]) or np.isnan(v[1]) else list(v))
+                                for k, v in op.intervals.summary_ci.items()}},
             })
         per_group = []
         for i, lab in enumerate(labels):
@@ -161,8 +181,12 @@ class Analysis:
 
 
 def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts], target_fmrs: list[float],
-            alpha: float) -> Analysis:
-    """Rates, matrices and summaries at each target FMR for one grouping."""
+            alpha: float, images_per_subject: np.ndarray | None = None,
+            bootstrap: BootstrapSpec | None = None) -> Analysis:
+    """Rates, matrices and summaries at each target FMR for one grouping.
+
+    With ``bootstrap`` and ``images_per_subject`` (S, G) (all-pairs data only), intervals too.
+    """
     g = grouping.n_groups
     ops = []
     cross = 0
@@ -172,7 +196,10 @@ def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts]
         cross = c.genuine_cross_group
         fm, imp = c.diagonal(g)
         summ = summarise(list(grouping.labels), fm, imp, c.false_non_matches, c.genuine_pairs, alpha)
-        ops.append(OperatingPoint(target, t, c, [group_threshold(stats, i, target) for i in range(g)], summ))
+        iv = None
+        if bootstrap is not None and images_per_subject is not None and bootstrap.replicates > 0:
+            iv = bootstrap_rates(stats, images_per_subject, list(grouping.labels), t, bootstrap, alpha)
+        ops.append(OperatingPoint(target, t, c, [group_threshold(stats, i, target) for i in range(g)], summ, iv))
     return Analysis(grouping=grouping, counts=counts, operating_points=ops,
                     moments=[moments(stats, i) for i in range(g)], det=[det_curve(stats, i) for i in range(g)],
                     genuine_cross_group=cross)
@@ -186,6 +213,7 @@ class EvaluationResult:
     inputs: dict[str, Any]
     settings: dict[str, Any]
     excluded: dict[str, int] = field(default_factory=dict)
+    uncertainty: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from faceaudit import __version__
@@ -196,8 +224,7 @@ class EvaluationResult:
             "inputs": self.inputs,
             "settings": self.settings,
             "excluded": self.excluded,
-            "uncertainty": {"method": None, "note": "confidence intervals (subject-level bootstrap) are not "
-                                                    "computed by this version; fmr_ci and fnmr_ci are null"},
+            "uncertainty": self.uncertainty or {"method": None, "note": "no intervals were computed"},
             "analyses": [a.to_dict() for a in self.analyses],
         })
         return out
