@@ -19,7 +19,7 @@ def test_replicate_counts_equal_a_materialised_resample() -> None:
     centres = rng.normal(size=(14, 8))
     emb = centres[subj] + rng.normal(scale=1.2, size=(len(subj), 8))
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-    stats = compare_embeddings(emb, subj, group, 2, top_k=10**6, block=5)
+    stats = compare_embeddings(emb, subj, group, 2, top_k=10**6, row_block=5, col_block=7)
     t = global_threshold(stats, 0.05)
     n_sg = np.zeros((14, 2))
     np.add.at(n_sg, (subj, group), 1)

@@ -1,17 +1,91 @@
 """All-pairs comparison of embeddings, block by block, folded into :class:`PairStatistics`.
 
 Images are ordered by group then subject, so every block of the score matrix belongs to one cell
-(pair of groups) and genuine pairs sit in few blocks. Each block is a matrix product (BLAS, all
-cores), folded at once and dropped: memory is one block, not the N^2 / 2 scores.
+(pair of groups) and genuine pairs sit in few blocks. Each block is a matrix product, folded at once
+and dropped: memory is one block per thread, not the N^2 / 2 scores.
+
+Parallelism: ``threads`` Python threads each take a share of the blocks, run single-threaded BLAS on
+them and fold into their own statistics; the partial statistics are merged exactly at the end. NumPy
+releases the GIL in matrix products and ufuncs, so the fold of one block overlaps the product of
+another. Blocks of 512 x 1024 scores (2 MB, one core's L2 cache) are folded while still in cache;
+this size measured fastest here.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from faceaudit.scoring.groups import cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins
+
+ROW_BLOCK = 512
+COL_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows [r0, r1) against rows [c0, c1) of the ordered embeddings; ``triangle`` when r0 == c0."""
+
+    cell: int
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    triangle: bool
+
+    @property
+    def pairs(self) -> int:
+        n = self.r1 - self.r0
+        return n * (n - 1) // 2 if self.triangle else n * (self.c1 - self.c0)
+
+
+def plan_blocks(starts: np.ndarray, n_groups: int, row_block: int = ROW_BLOCK,
+                col_block: int = COL_BLOCK) -> list[Block]:
+    """Every unordered pair of rows exactly once, as blocks that each lie in one cell."""
+    blocks = []
+    for a in range(n_groups):
+        for r0 in range(int(starts[a]), int(starts[a + 1]), row_block):
+            r1 = min(r0 + row_block, int(starts[a + 1]))
+            for b in range(a, n_groups):
+                cell = int(cell_index(a, b, n_groups))
+                if a == b:
+                    blocks.append(Block(cell, r0, r1, r0, r1, True))
+                    c_from = r1
+                else:
+                    c_from = int(starts[b])
+                for c0 in range(c_from, int(starts[b + 1]), col_block):
+                    blocks.append(Block(cell, r0, r1, c0, min(c0 + col_block, int(starts[b + 1])), False))
+    return blocks
+
+
+def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Block) -> None:
+    """Compare one block and fold its scores into ``stats``."""
+    if blk.pairs == 0:
+        return
+    scores = emb[blk.r0:blk.r1] @ emb[blk.c0:blk.c1].T
+    sr, sc = subj[blk.r0:blk.r1], subj[blk.c0:blk.c1]
+    if blk.triangle:
+        i, j = np.triu_indices(blk.r1 - blk.r0, k=1)
+        _fold_pairs(stats, scores[i, j], sr[i], sc[j], blk.cell)
+    elif sr[-1] < sc[0] or sc[-1] < sr[0] or np.intersect1d(sr, sc).size == 0:
+        stats.add_impostor_block(scores, blk.cell, sr, sc)  # no genuine pair here
+    else:
+        i, j = np.divmod(np.arange(scores.size), scores.shape[1])
+        _fold_pairs(stats, scores.ravel(), sr[i], sc[j], blk.cell)
+
+
+def _fold_pairs(stats: PairStatistics, scores: np.ndarray, sa: np.ndarray, sb: np.ndarray, cell: int) -> None:
+    same = sa == sb
+    if same.any():
+        stats.add_genuine(scores[same], np.full(int(same.sum()), cell, np.int32), sa[same])
+    imp = ~same
+    stats.add_impostor_block(scores[imp], cell, sa[imp], sb[imp])
 
 
 def compare_embeddings(
@@ -22,12 +96,16 @@ def compare_embeddings(
     *,
     bins: ScoreBins | None = None,
     top_k: int = 1_000_000,
-    block: int = 2048,
+    threads: int | None = None,
     progress: bool = False,
+    row_block: int = ROW_BLOCK,
+    col_block: int = COL_BLOCK,
 ) -> PairStatistics:
     """Compare every unordered pair of rows (cosine of L2-normalised rows) into sufficient statistics.
 
-    ``subjects`` and ``groups`` are integer codes per row. Pairs of the same subject are genuine.
+    ``subjects`` and ``groups`` are integer codes per row; pairs of the same subject are genuine.
+    Within a group, rows are ordered by subject, which keeps the subject-sorted check of each block
+    cheap. Results do not depend on ``threads`` or block sizes (up to float32 rounding of scores).
     """
     emb = np.ascontiguousarray(embeddings, np.float32)
     subjects = np.asarray(subjects, np.int32)
@@ -38,48 +116,25 @@ def compare_embeddings(
     order = np.lexsort((subjects, groups))
     emb, subjects, groups = emb[order], subjects[order], groups[order]
     starts = np.searchsorted(groups, np.arange(n_groups + 1))
-    stats = PairStatistics(n_groups=n_groups, bins=bins or ScoreBins(), top_k=top_k)
-    jobs = [(a, b, r0) for a in range(n_groups) for r0 in range(starts[a], starts[a + 1], block)
-            for b in range(a, n_groups)]
-    for a, b, r0 in tqdm(jobs, desc="compare", unit="block", disable=not progress, leave=False):
-        r1 = min(r0 + block, starts[a + 1])
-        cell = int(cell_index(a, b, n_groups))
-        if a == b:
-            _fold_triangle(stats, emb, subjects, r0, r1, cell)
-            c0 = r1
-        else:
-            c0 = starts[b]
-        for c in range(c0, starts[b + 1], block * 4):
-            _fold_rectangle(stats, emb, subjects, r0, r1, c, min(c + block * 4, starts[b + 1]), cell)
-    return stats
+    blocks = plan_blocks(starts, n_groups, row_block, col_block)
+    threads = max(1, threads or os.cpu_count() or 1)
+    bins = bins or ScoreBins()
+    parts = [PairStatistics(n_groups=n_groups, bins=bins, top_k=top_k) for _ in range(threads)]
+    bar = tqdm(total=sum(b.pairs for b in blocks), desc="compare", unit="pair", unit_scale=True,
+               disable=not progress, leave=False)
 
+    def run(k: int) -> None:
+        for blk in blocks[k::threads]:  # interleaved shares balance the work
+            fold_block(parts[k], emb, subjects, blk)
+            bar.update(blk.pairs)
 
-def _fold_triangle(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, r0: int, r1: int, cell: int) -> None:
-    """Pairs (i, j) with r0 <= i < j < r1."""
-    if r1 - r0 < 2:
-        return
-    scores = emb[r0:r1] @ emb[r0:r1].T
-    i, j = np.triu_indices(r1 - r0, k=1)
-    _fold_pairs(stats, scores[i, j], subj[r0 + i], subj[r0 + j], cell)
-
-
-def _fold_rectangle(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, r0: int, r1: int, c0: int, c1: int,
-                    cell: int) -> None:
-    """All pairs of rows [r0, r1) with rows [c0, c1)."""
-    if r1 <= r0 or c1 <= c0:
-        return
-    scores = emb[r0:r1] @ emb[c0:c1].T
-    sr, sc = subj[r0:r1], subj[c0:c1]
-    if np.intersect1d(sr, sc, assume_unique=False).size == 0:  # no genuine pair in this block
-        stats.add_impostor_block(scores, cell, sr[:, None], sc[None, :])
-        return
-    i, j = np.divmod(np.arange(scores.size), scores.shape[1])
-    _fold_pairs(stats, scores.ravel(), sr[i], sc[j], cell)
-
-
-def _fold_pairs(stats: PairStatistics, scores: np.ndarray, sa: np.ndarray, sb: np.ndarray, cell: int) -> None:
-    same = sa == sb
-    if same.any():
-        stats.add_genuine(scores[same], np.full(int(same.sum()), cell, np.int32), sa[same])
-    imp = ~same
-    stats.add_impostor_block(scores[imp], cell, sa[imp], sb[imp])
+    try:
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            for fut in [pool.submit(run, k) for k in range(threads)]:
+                fut.result()
+    finally:
+        bar.close()
+    total = parts[0]
+    for p in parts[1:]:
+        total.merge(p)
+    return total

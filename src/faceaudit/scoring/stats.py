@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from faceaudit.scoring.groups import n_cells
+from faceaudit.scoring.kernels import fold_block_kernel
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,18 @@ class ScoreBins:
         return np.linspace(self.lo, self.hi, self.n + 1)
 
     def index(self, scores: np.ndarray) -> np.ndarray:
-        """Bin of each score: floor((s - lo) / width), clipped to [0, n - 1]."""
-        idx = np.floor((np.asarray(scores, np.float64) - self.lo) * (self.n / (self.hi - self.lo)))
-        return np.clip(idx, 0, self.n - 1).astype(np.int64)
+        """Bin of each score: floor((s - lo) * n / (hi - lo)) in float32 arithmetic, clipped to [0, n - 1].
+
+        The one definition of a score's bin, used by every code path (float32 keeps the hot loop fast;
+        a score within float32 rounding of an edge may fall on either side, which is within one bin).
+        """
+        s = np.asarray(scores, np.float32)
+        tmp = np.subtract(s, np.float32(self.lo), dtype=np.float32)
+        np.multiply(tmp, np.float32(self.n / (self.hi - self.lo)), out=tmp)
+        np.maximum(tmp, 0, out=tmp)  # below lo (and negative zero) -> bin 0; truncation = floor from here
+        idx = tmp.astype(np.intp)
+        np.minimum(idx, self.n - 1, out=idx)
+        return idx
 
 
 @dataclass
@@ -52,10 +62,10 @@ class PairStatistics:
     impostor_sum: np.ndarray = field(init=False)
     impostor_sumsq: np.ndarray = field(init=False)
     out_of_range: int = 0
-    tail_score: np.ndarray = field(init=False)
-    tail_cell: np.ndarray = field(init=False)
-    tail_subject_a: np.ndarray = field(init=False)
-    tail_subject_b: np.ndarray = field(init=False)
+    _tail: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = field(init=False)
+    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(init=False, default_factory=list)
+    _pending_size: int = field(init=False, default=0)
+    _floor: float = field(init=False, default=-np.inf)
     _genuine: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -63,28 +73,42 @@ class PairStatistics:
         self.impostor_hist = np.zeros((c, self.bins.n), np.int64)
         self.impostor_sum = np.zeros(c, np.float64)
         self.impostor_sumsq = np.zeros(c, np.float64)
-        self.tail_score = np.empty(0, np.float32)
-        self.tail_cell = np.empty(0, np.int32)
-        self.tail_subject_a = np.empty(0, np.int32)
-        self.tail_subject_b = np.empty(0, np.int32)
+        self._tail = (np.empty(0, np.float32), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int32))
 
     # --- update ---
     def add_impostor_block(self, scores: np.ndarray, cell: int, subj_a: np.ndarray, subj_b: np.ndarray) -> None:
-        """Fold a block of impostor scores of one cell; ``subj_a``/``subj_b`` broadcast against ``scores``."""
-        s = np.asarray(scores, np.float32).ravel()
-        if s.size == 0:
+        """Fold impostor scores of one cell.
+
+        Either a 2-D block with ``subj_a`` per row and ``subj_b`` per column, or a 1-D array of pairs
+        with ``subj_a`` and ``subj_b`` per pair.
+        """
+        block = np.asarray(scores, np.float32)
+        if block.size == 0:
             return
-        idx = self.bins.index(s)
-        self.impostor_hist[cell] += np.bincount(idx, minlength=self.bins.n)
-        s64 = s.astype(np.float64)
-        self.impostor_sum[cell] += float(s64.sum())
-        self.impostor_sumsq[cell] += float(s64 @ s64)
-        self.out_of_range += int(np.count_nonzero((s < self.bins.lo) | (s > self.bins.hi)))
+        if block.ndim == 1:
+            subj_a, subj_b = np.asarray(subj_a).ravel(), np.asarray(subj_b).ravel()
+            rows_a, cols_b = np.arange(len(block)), np.arange(len(block))
+            block = np.ascontiguousarray(block).reshape(1, -1)
+            per_pair = True
+        else:
+            block = np.ascontiguousarray(block)
+            subj_a, subj_b = np.asarray(subj_a).ravel(), np.asarray(subj_b).ravel()
+            per_pair = False
         floor = self.tail_floor
-        keep = np.flatnonzero(s > floor) if floor > -np.inf else np.arange(s.size)
-        if keep.size:
-            sa = np.broadcast_to(subj_a, np.shape(scores)).ravel()[keep]
-            sb = np.broadcast_to(subj_b, np.shape(scores)).ravel()[keep]
+        total, total_sq, n_above, outside = fold_block_kernel(
+            block, np.float32(self.bins.lo), np.float32(self.bins.n / (self.bins.hi - self.bins.lo)),
+            self.impostor_hist[cell], np.float32(floor), np.float32(self.bins.hi))
+        self.impostor_sum[cell] += total
+        self.impostor_sumsq[cell] += total_sq
+        self.out_of_range += outside
+        if n_above:
+            s = block.ravel()
+            keep = np.flatnonzero(s > floor)
+            if per_pair:
+                sa, sb = subj_a[rows_a[keep]], subj_b[cols_b[keep]]
+            else:
+                i, j = np.divmod(keep, block.shape[1])
+                sa, sb = subj_a[i], subj_b[j]
             self._merge_tail(s[keep], np.full(keep.size, cell, np.int32), sa, sb)
 
     def add_impostor_pairs(self, scores: np.ndarray, cells: np.ndarray, subj_a: np.ndarray,
@@ -112,20 +136,60 @@ class PairStatistics:
 
     @property
     def tail_floor(self) -> float:
-        """Scores at or below this cannot enter the tail (it is full): -inf until it is."""
-        return float(self.tail_score.min()) if len(self.tail_score) >= self.top_k else -np.inf
+        """Scores at or below this cannot enter the tail (it holds top_k larger ones): -inf until then.
+
+        Updated when pending candidates are compacted, so it may lag (admitting extra candidates,
+        never losing one).
+        """
+        return self._floor
 
     def _merge_tail(self, s: np.ndarray, c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        score = np.concatenate([self.tail_score, s])
-        cell = np.concatenate([self.tail_cell, c])
-        sa = np.concatenate([self.tail_subject_a, np.asarray(a, np.int32)])
-        sb = np.concatenate([self.tail_subject_b, np.asarray(b, np.int32)])
+        """Queue tail candidates; they are compacted into the top_k in batches (amortised cost)."""
+        self._pending.append((np.asarray(s, np.float32), np.asarray(c, np.int32), np.asarray(a, np.int32),
+                              np.asarray(b, np.int32)))
+        self._pending_size += len(s)
+        if self._pending_size >= max(self.top_k, 1 << 18):
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        score, cell, sa, sb = (np.concatenate(parts) for parts in zip(self._tail, *self._pending, strict=False))
+        self._pending, self._pending_size = [], 0
         if len(score) > self.top_k:
             # Keep the top_k largest. Among scores tied at the cut, which pairs stay is arbitrary,
             # but the kept scores are always the same multiset; thresholds sit strictly above the cut.
             part = np.argpartition(score, len(score) - self.top_k)[len(score) - self.top_k:]
             score, cell, sa, sb = score[part], cell[part], sa[part], sb[part]
-        self.tail_score, self.tail_cell, self.tail_subject_a, self.tail_subject_b = score, cell, sa, sb
+        if len(score) >= self.top_k:
+            self._floor = float(score.min())
+        self._tail = (score, cell, sa, sb)
+
+    @property
+    def tail_score(self) -> np.ndarray:
+        self._compact()
+        return self._tail[0]
+
+    @property
+    def tail_cell(self) -> np.ndarray:
+        self._compact()
+        return self._tail[1]
+
+    @property
+    def tail_subject_a(self) -> np.ndarray:
+        self._compact()
+        return self._tail[2]
+
+    @property
+    def tail_subject_b(self) -> np.ndarray:
+        self._compact()
+        return self._tail[3]
+
+    def set_tail(self, score: np.ndarray, cell: np.ndarray, subject_a: np.ndarray, subject_b: np.ndarray) -> None:
+        """Replace the tail (used when deriving statistics, e.g. by :func:`coarsen`)."""
+        self._pending, self._pending_size = [], 0
+        self._tail = (score, cell, subject_a, subject_b)
+        self._floor = float(score.min()) if len(score) >= self.top_k else -np.inf
 
     # --- merge ---
     def merge(self, other: PairStatistics) -> PairStatistics:
@@ -179,10 +243,8 @@ def coarsen(stats: PairStatistics, group_map: np.ndarray, n_coarse: int) -> Pair
     np.add.at(out.impostor_sum, coarse_of, stats.impostor_sum)
     np.add.at(out.impostor_sumsq, coarse_of, stats.impostor_sumsq)
     out.out_of_range = stats.out_of_range
-    out.tail_score = stats.tail_score.copy()
-    out.tail_cell = coarse_of[stats.tail_cell].astype(np.int32)
-    out.tail_subject_a = stats.tail_subject_a.copy()
-    out.tail_subject_b = stats.tail_subject_b.copy()
+    out.set_tail(stats.tail_score.copy(), coarse_of[stats.tail_cell].astype(np.int32),
+                 stats.tail_subject_a.copy(), stats.tail_subject_b.copy())
     scores, cells, subjects = stats.genuine()
     out.add_genuine(scores, coarse_of[cells] if len(cells) else cells, subjects)
     return out
