@@ -188,12 +188,14 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of FMR in IR, FDR and GARBE.")
 @click.option("--bootstrap", "replicates", type=int, default=1000, show_default=True,
               help="Subject-level bootstrap replicates for confidence intervals (0: none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--permutations", type=int, default=1000, show_default=True,
+              help="Permutation test of FPD and FND: group labels shuffled between subjects (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the permutations.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
-             intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, seed: int, out: str,
-             quiet: bool) -> None:
+             intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
+             out: str, quiet: bool) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
     from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_scores
 
@@ -208,7 +210,8 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
     else:
         assert embeddings is not None
         result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
-                                     bootstrap=replicates, seed=seed, progress=not quiet)
+                                     bootstrap=replicates, permutations=permutations, seed=seed,
+                                     progress=not quiet)
     doc = result.to_dict()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")
@@ -221,6 +224,9 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
             s = op.summary
             click.echo(f"FMR {op.target_fmr:g}: FPD {s.fpd:.3g}  FND {s.fnd:.3g}  IR {s.ir:.3g}  FDR {s.fdr:.4f}  "
                        f"GARBE {s.garbe:.3g}  SER {s.ser:.3g}  (alpha {s.alpha})")
+            if op.permutation is not None:
+                click.echo(f"  permutation test ({op.permutation.permutations}): p(FPD) "
+                           f"{op.permutation.fpd_p_value:.3g}, p(FND) {op.permutation.fnd_p_value:.3g}")
     click.echo(f"written: {out}")
 
 

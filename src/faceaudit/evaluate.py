@@ -80,7 +80,7 @@ def _coarse_map(fine: Grouping, coarse: Grouping) -> np.ndarray:
 
 def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics, by: Sequence[str],
            intersect: bool, targets: Sequence[float], alpha: float, subjects: np.ndarray | None = None,
-           bootstrap: BootstrapSpec | None = None) -> list[Analysis]:
+           bootstrap: BootstrapSpec | None = None, permutations: int = 0) -> list[Analysis]:
     out = []
     for attrs in _analyses_attrs(by, intersect):
         grouping = assign_groups(table, attrs)
@@ -90,7 +90,7 @@ def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStati
             per_subject = np.zeros((int(subjects.max()) + 1, grouping.n_groups))
             np.add.at(per_subject, (subjects[ok], grouping.index[ok]), 1)
         out.append(analyse(s, grouping, _group_counts(table, grouping, ok, s), list(targets), alpha,
-                           per_subject, bootstrap))
+                           per_subject, bootstrap, permutations))
     return out
 
 
@@ -116,12 +116,14 @@ def evaluate_embeddings(
     bins: ScoreBins | None = None,
     top_k: int | None = None,
     bootstrap: int = 1000,
+    permutations: int = 1000,
     seed: int = 0,
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
 
-    ``bootstrap`` replicates of a subject-level bootstrap give the intervals (0: none).
+    ``bootstrap`` replicates of a subject-level bootstrap give the intervals, and ``permutations``
+    shuffles of group labels between subjects test FPD and FND (0: none).
     """
     df, meta = read_embeddings(path)
     fine = assign_groups(df, list(by))
@@ -139,8 +141,10 @@ def evaluate_embeddings(
         raise InputError(f"{path}: no impostor pairs (all enrolled images belong to one subject)")
     spec = BootstrapSpec(replicates=bootstrap, seed=seed)
     return EvaluationResult(
-        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec),
-        uncertainty=_uncertainty(spec),
+        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec, permutations),
+        uncertainty={**_uncertainty(spec), "permutation_test": {
+            "permutations": permutations, "seed": seed,
+            "method": "group labels shuffled between subjects; p = (1 + #(statistic >= observed)) / (1 + #)"}},
         inputs={"embeddings": str(path), "engine": meta.get("engine"), "images": len(df), "enrolled": n},
         settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,
                   "alpha": alpha, "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": k,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from faceaudit.metrics.bootstrap import BootstrapSpec, RateIntervals, bootstrap_rates
+from faceaudit.metrics.permutation import PermutationTest, permutation_test
 from faceaudit.metrics.rates import (
     CellCounts,
     DetCurve,
@@ -74,6 +75,7 @@ class OperatingPoint:
     group_thresholds: list[Threshold]
     summary: Summary
     intervals: RateIntervals | None = None
+    permutation: PermutationTest | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class Analysis:
                 "fnmr": int(op.counts.false_non_matches.sum()) / total_gen if total_gen else None,
                 "groups": groups,
                 "cross_group_fmr": {"groups": list(labels), "matrix": op.counts.fmr_matrix(g)},
+                "permutation_test": None if op.permutation is None else op.permutation.to_dict(),
                 "summary": {**op.summary.to_dict(),
                             "ci": None if op.intervals is None else {
                                 k: (None if np.isnan(v[0]) or np.isnan(v[1]) else list(v))
@@ -182,7 +185,7 @@ class Analysis:
 
 def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts], target_fmrs: list[float],
             alpha: float, images_per_subject: np.ndarray | None = None,
-            bootstrap: BootstrapSpec | None = None) -> Analysis:
+            bootstrap: BootstrapSpec | None = None, permutations: int = 0) -> Analysis:
     """Rates, matrices and summaries at each target FMR for one grouping.
 
     With ``bootstrap`` and ``images_per_subject`` (S, G) (all-pairs data only), intervals too.
@@ -199,7 +202,11 @@ def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts]
         iv = None
         if bootstrap is not None and images_per_subject is not None and bootstrap.replicates > 0:
             iv = bootstrap_rates(stats, images_per_subject, list(grouping.labels), t, bootstrap, alpha)
-        ops.append(OperatingPoint(target, t, c, [group_threshold(stats, i, target) for i in range(g)], summ, iv))
+        perm = None
+        if images_per_subject is not None and permutations > 0 and g > 1:
+            perm = permutation_test(stats, images_per_subject, t, permutations, bootstrap.seed if bootstrap else 0)
+        ops.append(OperatingPoint(target, t, c, [group_threshold(stats, i, target) for i in range(g)], summ, iv,
+                                  perm))
     return Analysis(grouping=grouping, counts=counts, operating_points=ops,
                     moments=[moments(stats, i) for i in range(g)], det=[det_curve(stats, i) for i in range(g)],
                     genuine_cross_group=cross)
