@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
 
+from faceaudit.errors import InputError
 from faceaudit.evaluate import evaluate_embeddings, evaluate_scores
 from faceaudit.io.embeddings import write_embeddings
 from faceaudit.metrics.rates import counts_at, global_threshold
@@ -290,3 +291,25 @@ def test_fold_kernel_equals_numpy_reference() -> None:
     assert total == pytest.approx(block.astype(np.float64).sum(), abs=1e-2)
     assert total_sq == pytest.approx((block.astype(np.float64) ** 2).sum(), rel=1e-6)
     assert above == int((block > 0.5).sum()) and outside == int(((block < -1) | (block > 1)).sum())
+
+
+def test_identification_from_an_embeddings_file(tmp_path: Path) -> None:
+    from faceaudit.evaluate import evaluate_identification
+
+    table, emb = population(n_subjects=120, seed=10)
+    path = _write_population(tmp_path, table, emb)
+    [ident] = evaluate_identification(path, ["sex"], target_fpirs=[0.1], ranks=[1, 5])
+    n_subjects_multi = int((table["subject_id"].value_counts() > 1).sum())
+    singles = int((table["subject_id"].value_counts() == 1).sum())
+    assert ident["mated_searches"] == len(table) - singles - n_subjects_multi
+    assert ident["gallery_subjects"] == n_subjects_multi + singles - ident["non_mated_searches"]
+    r1, r5 = ident["rank_accuracy"]
+    assert 0 < r1["accuracy"] <= r5["accuracy"] <= 1
+    op = ident["operating_points"][0]
+    assert op["fpir"] <= 0.1 and sum(g["non_mated"] for g in op["groups"]) == ident["non_mated_searches"]
+    london_like = tmp_path / "pairs_only.parquet"
+    two_each = table.groupby("subject_id").head(2)
+    two_each = two_each[two_each["subject_id"].map(two_each["subject_id"].value_counts()) == 2]
+    _write_population(tmp_path, two_each.reset_index(drop=True), emb[two_each.index]).rename(london_like)
+    with pytest.raises(InputError, match="subjects with one image"):
+        evaluate_identification(london_like, ["sex"])

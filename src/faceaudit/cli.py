@@ -191,13 +191,15 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 @click.option("--permutations", type=int, default=1000, show_default=True,
               help="Permutation test of FPD and FND: group labels shuffled between subjects (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the permutations.")
+@click.option("--identification", is_flag=True,
+              help="Also 1:N search metrics (FPIR, FNIR, rank-k) by probe group, from a gallery/probe split.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
              intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
-             out: str, quiet: bool) -> None:
+             identification: bool, out: str, quiet: bool) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
-    from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_scores
+    from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_identification, evaluate_scores
 
     targets = list(fmrs) or list(DEFAULT_FMRS)
     if (embeddings is None) == (scores is None):
@@ -212,6 +214,10 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
         result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
                                      bootstrap=replicates, permutations=permutations, seed=seed,
                                      progress=not quiet)
+    if identification:
+        if embeddings is None:
+            raise click.UsageError("--identification needs --embeddings (it searches a gallery)")
+        result.identification = evaluate_identification(embeddings, list(by), intersect=intersect, seed=seed)
     doc = result.to_dict()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")
@@ -227,6 +233,14 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
             if op.permutation is not None:
                 click.echo(f"  permutation test ({op.permutation.permutations}): p(FPD) "
                            f"{op.permutation.fpd_p_value:.3g}, p(FND) {op.permutation.fnd_p_value:.3g}")
+    for ident in result.identification or []:
+        click.echo(f"identification by {', '.join(ident['attributes'])}: {ident['mated_searches']} mated and "
+                   f"{ident['non_mated_searches']} non-mated searches, {ident['gallery_subjects']} gallery subjects")
+        for r in ident["rank_accuracy"]:
+            click.echo(f"  rank-{r['rank']} accuracy {r['accuracy']:.4f}")
+        for op in ident["operating_points"]:
+            click.echo(f"  FPIR {op['target_fpir']:g}: threshold {op['threshold']:.4f}, FPIR {op['fpir']:.4f}, "
+                       f"FNIR(rank 1) {op['fnir_rank1']:.4f}")
     click.echo(f"written: {out}")
 
 

@@ -220,3 +220,46 @@ def evaluate_scores(
                   else "distance, negated: a pair matches when -distance >= threshold"},
         excluded=excluded,
     )
+
+
+DEFAULT_FPIRS = (1e-1, 1e-2)
+DEFAULT_RANKS = (1, 5, 10, 20)
+
+
+def evaluate_identification(
+    path: str | Path,
+    by: Sequence[str],
+    *,
+    intersect: bool = False,
+    target_fpirs: Sequence[float] = DEFAULT_FPIRS,
+    ranks: Sequence[int] = DEFAULT_RANKS,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """1:N accuracy by the probe's group, from a gallery/probe split of an embeddings file.
+
+    Split (:func:`faceaudit.metrics.identification.split_gallery_probes`): each subject with several
+    enrolled images puts its first in the gallery and searches with the rest (mated); of subjects with
+    one image, a seeded half join the gallery and the other half search it (non-mated).
+    """
+    from faceaudit.metrics.identification import identification_table, search, split_gallery_probes
+
+    df, _ = read_embeddings(path)
+    ok = df[df["ok"]].reset_index(drop=True)
+    emb = embedding_matrix(df)
+    subj = ok["subject_id"].astype(str).to_numpy()
+    split = split_gallery_probes(subj, seed)
+    probes = np.concatenate([split.mated, split.non_mated])
+    if len(split.mated) == 0 or len(split.non_mated) == 0:
+        raise InputError(f"{path}: identification needs subjects with several images (mated searches) and "
+                         "subjects with one image (non-mated searches)")
+    res = search(emb[probes], subj[probes], emb[split.gallery], subj[split.gallery], candidates=max(ranks))
+    mated = np.arange(len(probes)) < len(split.mated)
+    out = []
+    for attrs in _analyses_attrs(by, intersect):
+        grouping = assign_groups(ok, attrs)
+        cand = {s: grouping.labels[g] for s, g in zip(subj[split.gallery], grouping.index[split.gallery], strict=True)}
+        table = identification_table(res, mated, grouping.index[probes], list(grouping.labels), cand,
+                                     list(target_fpirs), list(ranks))
+        out.append({"attributes": list(attrs), "gallery_subjects": len(np.unique(subj[split.gallery])),
+                    "split_seed": seed, **table})
+    return out

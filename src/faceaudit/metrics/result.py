@@ -221,6 +221,7 @@ class EvaluationResult:
     settings: dict[str, Any]
     excluded: dict[str, int] = field(default_factory=dict)
     uncertainty: dict[str, Any] = field(default_factory=dict)
+    identification: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from faceaudit import __version__
@@ -233,5 +234,6 @@ class EvaluationResult:
             "excluded": self.excluded,
             "uncertainty": self.uncertainty or {"method": None, "note": "no intervals were computed"},
             "analyses": [a.to_dict() for a in self.analyses],
+            "identification": self.identification,
         })
         return out
