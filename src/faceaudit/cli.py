@@ -245,6 +245,37 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
 
 
 @main.command()
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--truth", required=True, help="Column with the true label (e.g. sex).")
+@click.option("--predicted", required=True, help="Column with the classifier's label.")
+@click.option("--by", "by", multiple=True, required=True, help="Subgroup attribute column (repeatable).")
+@click.option("--separate", is_flag=True, help="Each --by alone instead of their intersection.")
+@click.option("--positive", default=None, help="Positive class for TPR, FPR and PPV (default: every class).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON file to write.")
+def attributes(predictions: str, truth: str, predicted: str, by: tuple[str, ...], separate: bool,
+               positive: str | None, out: str | None) -> None:
+    """Accuracy of an attribute classifier per intersectional subgroup (Gender Shades style), from a CSV or
+    Parquet file with the true and predicted labels."""
+    import pandas as pd
+
+    from faceaudit.metrics.attributes import attribute_table
+
+    p = Path(predictions)
+    df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(
+        p, dtype=str, keep_default_na=False, na_values=[""])
+    res = attribute_table(df, truth, predicted, list(by), positive=positive, intersect=not separate)
+    for analysis in res["analyses"]:
+        table = pd.DataFrame([{k: v for k, v in r.items() if k != "values"} for r in analysis["groups"]])
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        click.echo(f"error gap (max - min): {analysis['error_gap']:.4f}")
+    if res["unlabelled_rows"]:
+        click.echo(f"{res['unlabelled_rows']} row(s) without a {truth!r} label were left out")
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+        click.echo(f"written: {out}")
+
+
+@main.command()
 @click.option("--out", default="faceaudit-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
