@@ -313,3 +313,23 @@ def test_identification_from_an_embeddings_file(tmp_path: Path) -> None:
     _write_population(tmp_path, two_each.reset_index(drop=True), emb[two_each.index]).rename(london_like)
     with pytest.raises(InputError, match="subjects with one image"):
         evaluate_identification(london_like, ["sex"])
+
+
+def test_genuine_pairs_across_groups_and_blocks_are_separated_exactly() -> None:
+    """Groups drawn per image, so a subject's images sit in different groups and blocks."""
+    table, emb = population(n_subjects=150, seed=11)
+    table["race"] = np.random.default_rng(11).choice(["A", "B", "C"], len(table))
+    g = assign_groups(table, ["race"])
+    stats = stats_for(table, emb, ["race"], top_k=10**6, block=8)
+    ref = naive_pairs(table, emb, g.index)
+    gen, imp = ref[ref["genuine"]], ref[~ref["genuine"]]
+    s, cells, _ = stats.genuine()
+    assert len(s) == len(gen)
+    np.testing.assert_array_equal(np.bincount(cells, minlength=6),
+                                  np.bincount(cell_index(gen["ga"].to_numpy(), gen["gb"].to_numpy(), 3), minlength=6))
+    want = np.bincount(cell_index(imp["ga"].to_numpy(), imp["gb"].to_numpy(), 3), minlength=6)
+    np.testing.assert_array_equal(stats.n_impostor, want)
+    assert (stats.impostor_hist >= 0).all()
+    np.testing.assert_allclose(np.sort(stats.tail_score)[::-1], np.sort(imp["score"])[::-1], atol=1e-5)
+    c = counts_at(stats, global_threshold(stats, 1e-2))
+    assert c.genuine_cross_group == int((gen["ga"] != gen["gb"]).sum())

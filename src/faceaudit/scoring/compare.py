@@ -73,11 +73,29 @@ def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Bl
     if blk.triangle:
         i, j = np.triu_indices(blk.r1 - blk.r0, k=1)
         _fold_pairs(stats, scores[i, j], sr[i], sc[j], blk.cell)
-    elif sr[-1] < sc[0] or sc[-1] < sr[0] or np.intersect1d(sr, sc).size == 0:
+        return
+    overlap = sr[-1] >= sc[0] and sc[-1] >= sr[0]  # subjects are sorted within a group
+    gi, gj = _same_subject_positions(sr, sc) if overlap else (np.empty(0, np.intp), np.empty(0, np.intp))
+    if len(gi) == 0:
         stats.add_impostor_block(scores, blk.cell, sr, sc)  # no genuine pair here
-    else:
-        i, j = np.divmod(np.arange(scores.size), scores.shape[1])
-        _fold_pairs(stats, scores.ravel(), sr[i], sc[j], blk.cell)
+        return
+    # Fold the whole block at full speed, then take the few genuine pairs back out.
+    stats.add_impostor_block(scores, blk.cell, sr, sc, exclude_same_subject=True)
+    genuine = scores[gi, gj]
+    stats.remove_impostor_scores(genuine, blk.cell)
+    stats.add_genuine(genuine, np.full(len(gi), blk.cell, np.int32), sr[gi])
+
+
+def _same_subject_positions(sr: np.ndarray, sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) positions where the (sorted) row and column subjects are equal."""
+    lo = np.searchsorted(sc, sr, side="left")
+    hi = np.searchsorted(sc, sr, side="right")
+    counts = hi - lo
+    total = int(counts.sum())
+    rows = np.repeat(np.arange(len(sr)), counts)
+    starts = np.cumsum(counts) - counts
+    cols = lo[rows] + (np.arange(total) - starts[rows])
+    return rows, cols
 
 
 def _fold_pairs(stats: PairStatistics, scores: np.ndarray, sa: np.ndarray, sb: np.ndarray, cell: int) -> None:

@@ -76,11 +76,13 @@ class PairStatistics:
         self._tail = (np.empty(0, np.float32), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int32))
 
     # --- update ---
-    def add_impostor_block(self, scores: np.ndarray, cell: int, subj_a: np.ndarray, subj_b: np.ndarray) -> None:
+    def add_impostor_block(self, scores: np.ndarray, cell: int, subj_a: np.ndarray, subj_b: np.ndarray,
+                           exclude_same_subject: bool = False) -> None:
         """Fold impostor scores of one cell.
 
         Either a 2-D block with ``subj_a`` per row and ``subj_b`` per column, or a 1-D array of pairs
-        with ``subj_a`` and ``subj_b`` per pair.
+        with ``subj_a`` and ``subj_b`` per pair. ``exclude_same_subject`` keeps same-subject pairs out of
+        the tail (the caller then removes them from the histogram with :meth:`remove_impostor_scores`).
         """
         block = np.asarray(scores, np.float32)
         if block.size == 0:
@@ -109,7 +111,24 @@ class PairStatistics:
             else:
                 i, j = np.divmod(keep, block.shape[1])
                 sa, sb = subj_a[i], subj_b[j]
+            if exclude_same_subject:
+                imp = sa != sb
+                keep, sa, sb = keep[imp], sa[imp], sb[imp]
             self._merge_tail(s[keep], np.full(keep.size, cell, np.int32), sa, sb)
+
+    def remove_impostor_scores(self, scores: np.ndarray, cell: int) -> None:
+        """Take back scores folded by :meth:`add_impostor_block` (same bins, so the histogram stays exact).
+
+        Used for the few genuine pairs inside a block that was folded whole for speed.
+        """
+        s = np.asarray(scores, np.float32).ravel()
+        if s.size == 0:
+            return
+        self.impostor_hist[cell] -= np.bincount(self.bins.index(s), minlength=self.bins.n)
+        s64 = s.astype(np.float64)
+        self.impostor_sum[cell] -= float(s64.sum())
+        self.impostor_sumsq[cell] -= float(s64 @ s64)
+        self.out_of_range -= int(np.count_nonzero((s < self.bins.lo) | (s > self.bins.hi)))
 
     def add_impostor_pairs(self, scores: np.ndarray, cells: np.ndarray, subj_a: np.ndarray,
                            subj_b: np.ndarray) -> None:
@@ -148,7 +167,7 @@ class PairStatistics:
         self._pending.append((np.asarray(s, np.float32), np.asarray(c, np.int32), np.asarray(a, np.int32),
                               np.asarray(b, np.int32)))
         self._pending_size += len(s)
-        if self._pending_size >= max(self.top_k, 1 << 18):
+        if self._pending_size >= max(self.top_k // 4, 1 << 18):  # bounded extra memory
             self._compact()
 
     def _compact(self) -> None:
