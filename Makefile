@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lfw_view2.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/evaluate_scale.py
+	$(BIN)/python benchmarks/lfw_vs_pyeer.py
 
 # Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
 calibrate: $(STAMP)

@@ -12,9 +12,9 @@ import sys
 import time
 
 import numpy as np
+
 from _common import write_result
 from _memory import PeakRss
-
 from faceaudit.metrics.rates import counts_at, global_threshold
 from faceaudit.scoring.compare import compare_embeddings
 from faceaudit.scoring.stats import ScoreBins
