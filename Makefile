@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/evaluate_scale.py
 	$(BIN)/python benchmarks/lfw_vs_pyeer.py
+	bash benchmarks/bob/run.sh
 
 # Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
 calibrate: $(STAMP)

@@ -333,3 +333,25 @@ def test_genuine_pairs_across_groups_and_blocks_are_separated_exactly() -> None:
     np.testing.assert_allclose(np.sort(stats.tail_score)[::-1], np.sort(imp["score"])[::-1], atol=1e-5)
     c = counts_at(stats, global_threshold(stats, 1e-2))
     assert c.genuine_cross_group == int((gen["ga"] != gen["gb"]).sum())
+
+
+def test_declared_impostor_sampling(tmp_path: Path) -> None:
+    from faceaudit.scoring.compare import ImpostorSample
+
+    table, emb = population(n_subjects=150, seed=12)
+    g = assign_groups(table, ["sex"])
+    subj = np.unique(table["subject_id"], return_inverse=True)[1]
+    full = compare_embeddings(emb, subj, g.index, g.n_groups, top_k=10**6)
+    runs = [compare_embeddings(emb, subj, g.index, g.n_groups, top_k=10**6, threads=t,
+                               sample=ImpostorSample(0.3, seed=5)) for t in (1, 2)]
+    np.testing.assert_array_equal(runs[0].impostor_hist, runs[1].impostor_hist)  # threads do not matter
+    n_all, n_kept = int(full.n_impostor.sum()), int(runs[0].n_impostor.sum())
+    assert abs(n_kept - 0.3 * n_all) < 4 * np.sqrt(n_all * 0.3 * 0.7)
+    assert len(runs[0].genuine()[0]) == len(full.genuine()[0])  # genuine pairs are never sampled
+    other = compare_embeddings(emb, subj, g.index, g.n_groups, top_k=10**6, sample=ImpostorSample(0.3, seed=6))
+    assert not np.array_equal(other.impostor_hist, runs[0].impostor_hist)
+    res = evaluate_embeddings(_write_population(tmp_path, table, emb), ["sex"], target_fmrs=[1e-2],
+                              impostor_sample=0.3, seed=5).to_dict()
+    assert res["settings"]["impostor_pairs"].startswith("Bernoulli sample")
+    assert res["analyses"][0]["operating_points"][0]["groups"][0]["fmr_ci"] is None
+    assert "sampled" in res["uncertainty"]["note"]

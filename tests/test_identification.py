@@ -57,6 +57,8 @@ def test_rates_by_hand() -> None:
     assert op["fpir"] == 0.25  # only 0.7
     # FNIR at rank 1: mates at rank 1 with score >= T: 0.9 only -> 3 of 4 missed
     assert op["fnir_rank1"] == 0.75
+    # at rank 2 the mate with 0.7 (rank 2) also counts: 0.9 and 0.7 found -> 2 of 4 missed
+    assert op["fnir_by_rank"] == {"1": 0.75, "2": 0.5}
     assert op["false_positive_candidates"] == {"a": {}, "b": {"a": 1}}  # probe 7 (group b) hit subject 1 (a)
 
 

@@ -191,13 +191,15 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 @click.option("--permutations", type=int, default=1000, show_default=True,
               help="Permutation test of FPD and FND: group labels shuffled between subjects (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the permutations.")
+@click.option("--impostor-sample", type=float, default=None,
+              help="Keep each impostor pair with this probability (declared in the result; default: all pairs).")
 @click.option("--identification", is_flag=True,
               help="Also 1:N search metrics (FPIR, FNIR, rank-k) by probe group, from a gallery/probe split.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
              intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
-             identification: bool, out: str, quiet: bool) -> None:
+             impostor_sample: float | None, identification: bool, out: str, quiet: bool) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
     from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_identification, evaluate_scores
 
@@ -213,7 +215,7 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
         assert embeddings is not None
         result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
                                      bootstrap=replicates, permutations=permutations, seed=seed,
-                                     progress=not quiet)
+                                     impostor_sample=impostor_sample, progress=not quiet)
     if identification:
         if embeddings is None:
             raise click.UsageError("--identification needs --embeddings (it searches a gallery)")

@@ -20,7 +20,7 @@ from faceaudit.io.embeddings import embedding_matrix, read_embeddings
 from faceaudit.io.scores import iter_pairs, read_score_manifest
 from faceaudit.metrics.bootstrap import BootstrapSpec
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
-from faceaudit.scoring.compare import compare_embeddings
+from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, compare_embeddings
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
 
@@ -118,12 +118,15 @@ def evaluate_embeddings(
     bootstrap: int = 1000,
     permutations: int = 1000,
     seed: int = 0,
+    impostor_sample: float | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
 
     ``bootstrap`` replicates of a subject-level bootstrap give the intervals, and ``permutations``
-    shuffles of group labels between subjects test FPD and FND (0: none).
+    shuffles of group labels between subjects test FPD and FND (0: none). ``impostor_sample``: keep
+    each impostor pair with this probability (declared in the result; genuine pairs are all kept).
+    Intervals and permutation tests assume all pairs, so they are not computed for a sample.
     """
     df, meta = read_embeddings(path)
     fine = assign_groups(df, list(by))
@@ -131,24 +134,34 @@ def evaluate_embeddings(
     subjects = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)[1].astype(np.int32)
     emb = embedding_matrix(df)
     n = len(emb)
+    sample = None if impostor_sample is None or impostor_sample >= 1.0 else ImpostorSample(impostor_sample, seed)
     n_pairs = n * (n - 1) // 2
-    targets, skipped = _supported(target_fmrs, n_pairs)
+    n_expected = int(n_pairs * (sample.rate if sample else 1.0))
+    targets, skipped = _supported(target_fmrs, n_expected)
     bins = bins or ScoreBins(-1.0, 1.0, 20_000)
-    k = _tail_size(n_pairs, targets, top_k)
+    k = _tail_size(n_expected, targets, top_k)
     stats = compare_embeddings(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k,
-                               progress=progress)
+                               progress=progress, sample=sample)
     if stats.n_impostor.sum() == 0:
         raise InputError(f"{path}: no impostor pairs (all enrolled images belong to one subject)")
-    spec = BootstrapSpec(replicates=bootstrap, seed=seed)
+    spec = BootstrapSpec(replicates=0 if sample else bootstrap, seed=seed)
+    uncertainty = {**_uncertainty(spec), "permutation_test": {
+        "permutations": 0 if sample else permutations, "seed": seed,
+        "method": "group labels shuffled between subjects; p = (1 + #(statistic >= observed)) / (1 + #)"}}
+    if sample:
+        uncertainty["note"] = ("impostor pairs were sampled: intervals and permutation tests assume all pairs "
+                               "and are not computed")
     return EvaluationResult(
-        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec, permutations),
-        uncertainty={**_uncertainty(spec), "permutation_test": {
-            "permutations": permutations, "seed": seed,
-            "method": "group labels shuffled between subjects; p = (1 + #(statistic >= observed)) / (1 + #)"}},
+        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec,
+                        0 if sample else permutations),
+        uncertainty=uncertainty,
         inputs={"embeddings": str(path), "engine": meta.get("engine"), "images": len(df), "enrolled": n},
         settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,
                   "alpha": alpha, "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": k,
-                  "impostor_pairs": "all", "scores": "cosine similarity; a pair matches when score >= threshold"},
+                  "impostor_pairs": "all" if sample is None else
+                  f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed {sample.seed}, "
+                  f"draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: all)",
+                  "scores": "cosine similarity; a pair matches when score >= threshold"},
         excluded={"failed_to_enrol": int((~ok).sum())},
     )
 

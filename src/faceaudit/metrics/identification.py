@@ -133,8 +133,13 @@ def identification_table(res: Searches, mated: np.ndarray, probe_groups: np.ndar
         t = fpir_threshold(top[nm], target)
         fp = nm & (top >= t)
         miss = mated & ~((res.mate_rank == 1) & (res.mate_score >= t))  # FNIR at rank 1
+        fnir_by_rank = {}
+        for r in ranks:  # FNIR(N, R, T): mate not among the top R with a score >= T
+            found = (res.mate_rank >= 1) & (res.mate_rank <= r) & (res.mate_score >= t)
+            fnir_by_rank[str(r)] = float((~found)[mated].mean())
         op: dict[str, Any] = {"target_fpir": target, "threshold": t, "fpir": float(fp[nm].mean()),
-                              "fnir_rank1": float(miss[mated].mean()), "groups": [], "false_positive_candidates": {}}
+                              "fnir_rank1": float(miss[mated].mean()), "fnir_by_rank": fnir_by_rank,
+                              "groups": [], "false_positive_candidates": {}}
         for gi, lab in enumerate(labels):
             sel_nm, sel_m = nm & (probe_groups == gi), mated & (probe_groups == gi)
             op["groups"].append({

@@ -64,12 +64,47 @@ def plan_blocks(starts: np.ndarray, n_groups: int, row_block: int = ROW_BLOCK,
     return blocks
 
 
-def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Block) -> None:
-    """Compare one block and fold its scores into ``stats``."""
+@dataclass(frozen=True)
+class ImpostorSample:
+    """A declared sampling of impostor pairs: each is kept independently with probability ``rate``.
+
+    The draw for block b uses the generator seeded with (seed, b), so a run is reproducible and does
+    not depend on the number of threads. Genuine pairs are never sampled.
+    """
+
+    rate: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rate <= 1.0:
+            raise ValueError(f"impostor sampling rate must be in (0, 1], got {self.rate}")
+
+
+def _fold_sampled(stats: PairStatistics, scores: np.ndarray, sr: np.ndarray, sc: np.ndarray, blk: Block,
+                  index: int, sample: ImpostorSample) -> None:
+    rng = np.random.default_rng([sample.seed, index])
+    if blk.triangle:
+        i, j = np.triu_indices(blk.r1 - blk.r0, k=1)
+    else:
+        i, j = np.divmod(np.arange(scores.size), scores.shape[1])
+    s, sa, sb = scores[i, j], sr[i], sc[j]
+    same = sa == sb
+    if same.any():
+        stats.add_genuine(s[same], np.full(int(same.sum()), blk.cell, np.int32), sa[same])
+    keep = ~same & (rng.random(len(s)) < sample.rate)
+    stats.add_impostor_block(s[keep], blk.cell, sa[keep], sb[keep])
+
+
+def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Block, index: int = 0,
+               sample: ImpostorSample | None = None) -> None:
+    """Compare one block (number ``index`` of the plan) and fold its scores into ``stats``."""
     if blk.pairs == 0:
         return
     scores = emb[blk.r0:blk.r1] @ emb[blk.c0:blk.c1].T
     sr, sc = subj[blk.r0:blk.r1], subj[blk.c0:blk.c1]
+    if sample is not None and sample.rate < 1.0:
+        _fold_sampled(stats, scores, sr, sc, blk, index, sample)
+        return
     if blk.triangle:
         i, j = np.triu_indices(blk.r1 - blk.r0, k=1)
         _fold_pairs(stats, scores[i, j], sr[i], sc[j], blk.cell)
@@ -118,12 +153,15 @@ def compare_embeddings(
     progress: bool = False,
     row_block: int = ROW_BLOCK,
     col_block: int = COL_BLOCK,
+    sample: ImpostorSample | None = None,
 ) -> PairStatistics:
     """Compare every unordered pair of rows (cosine of L2-normalised rows) into sufficient statistics.
 
     ``subjects`` and ``groups`` are integer codes per row; pairs of the same subject are genuine.
     Within a group, rows are ordered by subject, which keeps the subject-sorted check of each block
     cheap. Results do not depend on ``threads`` or block sizes (up to float32 rounding of scores).
+    ``sample``: a declared sampling of impostor pairs (all pairs when None); the sample depends on the
+    block sizes, which are part of the declaration.
     """
     emb = np.ascontiguousarray(embeddings, np.float32)
     subjects = np.asarray(subjects, np.int32)
@@ -142,9 +180,9 @@ def compare_embeddings(
                disable=not progress, leave=False)
 
     def run(k: int) -> None:
-        for blk in blocks[k::threads]:  # interleaved shares balance the work
-            fold_block(parts[k], emb, subjects, blk)
-            bar.update(blk.pairs)
+        for index in range(k, len(blocks), threads):  # interleaved shares balance the work
+            fold_block(parts[k], emb, subjects, blocks[index], index, sample)
+            bar.update(blocks[index].pairs)
 
     try:
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
