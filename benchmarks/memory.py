@@ -8,52 +8,15 @@ Usage: python benchmarks/memory.py [--workers N]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
 import faceaudit
 from _common import require_lfw, write_result
-
-
-class PeakRss:
-    """Peak of the summed RSS, and of the summed PSS (shared pages divided among their users)."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.peak = 0
-        self.peak_pss = 0
-        self.peak_processes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-
-    def _run(self, interval: float) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            procs = [me, *me.children(recursive=True)]
-            total = pss = 0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    info = p.memory_full_info()
-                    total += info.rss
-                    pss += info.pss
-            if total > self.peak:
-                self.peak, self.peak_processes = total, len(procs)
-            self.peak_pss = max(self.peak_pss, pss)
-            time.sleep(interval)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from _memory import PeakRss
 
 
 def main() -> None:
@@ -61,7 +24,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     args = ap.parse_args()
     lfw = require_lfw()
-    with tempfile.TemporaryDirectory() as tmp, PeakRss() as mem:
+    with tempfile.TemporaryDirectory() as tmp, PeakRss(0.1, children=True, pss=True) as mem:
         t0 = time.perf_counter()
         run = faceaudit.embed(lfw / "manifest.csv", Path(tmp) / "lfw.parquet", workers=args.workers,
                               cache=Path(tmp) / "cache.sqlite", progress=False)

@@ -48,19 +48,25 @@ def global_threshold(stats: PairStatistics, target_fmr: float) -> Threshold:
     n_imp = int(stats.n_impostor.sum())
     if n_imp == 0:
         raise ValueError("no impostor pairs: a threshold at a target FMR cannot be set")
-    k = int(np.floor(target_fmr * n_imp))
     tail, _ = stats.sorted_tail()
-    if k < len(tail):
-        t = float(np.nextafter(np.float32(tail[k]), np.float32(np.inf)))
-        return Threshold(t, True, int(np.count_nonzero(tail >= t)), n_imp)
-    if _tail_is_complete(stats):  # every impostor is in the tail and k >= all of them
-        t = float(np.nextafter(np.float32(tail[-1]), np.float32(-np.inf))) if len(tail) else 0.0
-        return Threshold(t, True, len(tail), n_imp)
-    above = np.cumsum(stats.impostor_hist.sum(axis=0)[::-1])[::-1]  # above[i] = #(scores in bins >= i)
+    return _threshold(tail, stats.impostor_hist.sum(axis=0), stats.bins.edges, n_imp, target_fmr,
+                      _tail_is_complete(stats))
+
+
+def _threshold(tail_desc: np.ndarray, hist: np.ndarray, edges: np.ndarray, n_imp: int, target: float,
+               complete: bool) -> Threshold:
+    """The rule of the module docstring, exact from the tail when it reaches, else at a bin edge."""
+    k = int(np.floor(target * n_imp))
+    if k < len(tail_desc):
+        t = float(np.nextafter(np.float32(tail_desc[k]), np.float32(np.inf)))
+        return Threshold(t, True, int(np.count_nonzero(tail_desc >= t)), n_imp)
+    if complete:  # every impostor is in the tail and k >= all of them
+        t = float(np.nextafter(np.float32(tail_desc[-1]), np.float32(-np.inf))) if len(tail_desc) else 0.0
+        return Threshold(t, True, len(tail_desc), n_imp)
+    above = np.cumsum(hist[::-1])[::-1]  # above[i] = #(scores in bins >= i)
     ok = np.flatnonzero(above <= k)
-    i = int(ok[0]) if len(ok) else stats.bins.n
-    edge = float(stats.bins.edges[i])
-    return Threshold(edge, False, int(above[i]) if i < stats.bins.n else 0, n_imp)
+    i = int(ok[0]) if len(ok) else len(hist)
+    return Threshold(float(edges[i]), False, int(above[i]) if i < len(hist) else 0, n_imp)
 
 
 def impostor_counts_at(stats: PairStatistics, threshold: Threshold) -> np.ndarray:
@@ -126,15 +132,8 @@ def group_threshold(stats: PairStatistics, group: int, target_fmr: float) -> Thr
     n_imp = int(stats.n_impostor[c])
     if n_imp == 0:
         return Threshold(float("nan"), False, 0, 0)
-    k = int(np.floor(target_fmr * n_imp))
     tail = np.sort(stats.tail_score[stats.tail_cell == c])[::-1]
-    if k < len(tail):
-        t = float(np.nextafter(np.float32(tail[k]), np.float32(np.inf)))
-        return Threshold(t, True, int(np.count_nonzero(tail >= t)), n_imp)
-    above = np.cumsum(stats.impostor_hist[c][::-1])[::-1]
-    ok = np.flatnonzero(above <= k)
-    i = int(ok[0]) if len(ok) else stats.bins.n
-    return Threshold(float(stats.bins.edges[i]), False, int(above[i]) if i < stats.bins.n else 0, n_imp)
+    return _threshold(tail, stats.impostor_hist[c], stats.bins.edges, n_imp, target_fmr, _tail_is_complete(stats))
 
 
 @dataclass(frozen=True)
