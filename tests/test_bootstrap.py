@@ -91,3 +91,22 @@ def test_intervals_cover_known_true_rates_about_95_percent() -> None:
     print(f"coverage FMR {hit_fmr / sims:.3f}, FNMR {hit_fnmr / sims:.3f}")
     assert 0.93 <= hit_fmr / sims <= 0.97
     assert 0.93 <= hit_fnmr / sims <= 0.97
+
+
+def test_subjects_without_images_are_never_drawn() -> None:
+    strata = np.array([0, 0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1])
+    draws = subject_draws(strata, 300, seed=1)
+    assert (draws[:, 8:] == 0).all()
+    assert (draws[:, :4].sum(1) == 4).all() and (draws[:, 4:8].sum(1) == 4).all()
+
+
+def test_permutation_p_value_is_nan_when_nothing_can_be_tested() -> None:
+    from faceaudit.metrics.permutation import permutation_test
+    from faceaudit.metrics.rates import Threshold
+
+    stats = PairStatistics(n_groups=2, bins=ScoreBins(), top_k=100)
+    c = cell_index(0, 1, 2)  # only cross-group impostor pairs, no genuine pairs at all
+    stats.add_impostor_pairs(np.array([0.1, 0.2], np.float32), np.array([c, c]), np.array([0, 1]), np.array([2, 3]))
+    n_sg = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], float)
+    res = permutation_test(stats, n_sg, Threshold(0.15, True, 1, 2), permutations=20)
+    assert res is not None and np.isnan(res.fpd_p_value) and np.isnan(res.fnd_p_value)

@@ -87,6 +87,7 @@ def test_small_tail_falls_back_to_bins_within_one_bin() -> None:
         assert te.exact and not tb.exact
         assert abs(tb.value - te.value) <= exact.bins.width + 1e-7
         assert tb.fmr <= target
+        assert counts_at(binned, tb).false_matches.sum() == tb.false_matches  # cells add up to the total
         # at the bin edge the counts are exact: compare with the exact tail
         n_ge = int(np.count_nonzero(exact.tail_score >= tb.value))
         assert tb.false_matches == n_ge
@@ -355,3 +356,27 @@ def test_declared_impostor_sampling(tmp_path: Path) -> None:
     assert res["settings"]["impostor_pairs"].startswith("Bernoulli sample")
     assert res["analyses"][0]["operating_points"][0]["groups"][0]["fmr_ci"] is None
     assert "sampled" in res["uncertainty"]["note"]
+
+
+def test_binned_threshold_on_tied_scores_keeps_cells_consistent() -> None:
+    """Scores on a 0.02 grid sit exactly on bin edges; cell counts must still add up to the total."""
+    rng = np.random.default_rng(13)
+    s = (rng.integers(0, 50, 3780) * 0.02).astype(np.float32)
+    cells = rng.integers(0, 3, 3780)
+    stats = PairStatistics(n_groups=2, bins=ScoreBins(), top_k=37)
+    stats.add_impostor_pairs(s, cells, np.zeros(3780, int), np.ones(3780, int))
+    for target in (0.01, 0.05, 0.2):
+        t = global_threshold(stats, target)
+        assert not t.exact and t.fmr <= target
+        assert counts_at(stats, t).false_matches.sum() == t.false_matches
+
+
+def test_overall_fnmr_counts_every_genuine_pair() -> None:
+    table, emb = population(n_subjects=150, seed=14)
+    table["race"] = np.random.default_rng(14).choice(["A", "B"], len(table))
+    stats = stats_for(table, emb, ["race"], top_k=10**6)
+    t = global_threshold(stats, 1e-2)
+    c = counts_at(stats, t)
+    scores, _, _ = stats.genuine()
+    assert c.genuine_pairs_all == len(scores) > c.genuine_pairs.sum()
+    assert c.false_non_matches_all == int((scores < t.value).sum())

@@ -139,7 +139,9 @@ def evaluate_embeddings(
     n_expected = int(n_pairs * (sample.rate if sample else 1.0))
     targets, skipped = _supported(target_fmrs, n_expected)
     bins = bins or ScoreBins(-1.0, 1.0, 20_000)
-    k = _tail_size(n_expected, targets, top_k)
+    # a Bernoulli sample may hold more pairs than expected: six standard deviations of margin
+    margin = n_expected + (6 * math.sqrt(n_pairs * sample.rate * (1 - sample.rate)) if sample else 0)
+    k = _tail_size(int(margin), targets, top_k)
     stats = compare_embeddings(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k,
                                progress=progress, sample=sample)
     if stats.n_impostor.sum() == 0:

@@ -55,10 +55,11 @@ def subject_draws(strata: np.ndarray, replicates: int, seed: int) -> np.ndarray:
     """(replicates, S) draw counts: each stratum's subjects resampled with replacement to its own size.
 
     Replicate r uses the generator seeded with (seed, r), so any replicate can be recomputed alone.
+    Subjects in a negative stratum are never drawn.
     """
     strata = np.asarray(strata)
     out = np.zeros((replicates, len(strata)), np.int64)
-    members = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    members = [np.flatnonzero(strata == s) for s in np.unique(strata) if s >= 0]
     for r in range(replicates):
         rng = np.random.default_rng([seed, r])
         for idx in members:
@@ -152,7 +153,9 @@ def bootstrap_rates(
         return None
     n_sg = np.asarray(images_per_subject, np.float64)
     g = n_sg.shape[1]
-    draws = subject_draws(np.argmax(n_sg, axis=1), spec.replicates, spec.seed)
+    # subjects without enrolled images take no part (stratum -1, never drawn)
+    strata = np.where(n_sg.sum(axis=1) > 0, np.argmax(n_sg, axis=1), -1)
+    draws = subject_draws(strata, spec.replicates, spec.seed)
     rc = replicate_counts(stats, n_sg, threshold, draws)
     fm_obs, imp_obs, fnm_obs, gen_obs = rc.observed
     with np.errstate(divide="ignore", invalid="ignore"):

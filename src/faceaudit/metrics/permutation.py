@@ -70,6 +70,9 @@ def permutation_test(stats: PairStatistics, images_per_subject: np.ndarray, thre
     above = stats.tail_score >= threshold.value
     ta, tb = stats.tail_subject_a[above], stats.tail_subject_b[above]
     fpd, fnd = _differentials(group_of, g, n_u, gen_u, fnm_u, ta, tb)
+    if not (np.isfinite(fpd) and np.isfinite(fnd)):  # no group has both kinds of pairs: nothing to test
+        nan = float("nan")
+        return PermutationTest(permutations, seed, fpd, nan, fnd, nan, mixed)
     rng = np.random.default_rng(seed)
     ge_fpd = ge_fnd = 0
     present = n_u > 0  # only subjects with enrolled images take part
@@ -78,8 +81,8 @@ def permutation_test(stats: PairStatistics, images_per_subject: np.ndarray, thre
         shuffled = group_of.copy()
         shuffled[idx] = rng.permutation(group_of[idx])
         p_fpd, p_fnd = _differentials(shuffled, g, n_u, gen_u, fnm_u, ta, tb)
-        ge_fpd += p_fpd >= fpd
-        ge_fnd += p_fnd >= fnd
+        ge_fpd += not p_fpd < fpd  # a NaN statistic counts as extreme (conservative)
+        ge_fnd += not p_fnd < fnd
     return PermutationTest(permutations=permutations, seed=seed, fpd=fpd,
                            fpd_p_value=(1 + ge_fpd) / (1 + permutations), fnd=fnd,
                            fnd_p_value=(1 + ge_fnd) / (1 + permutations), subjects_with_mixed_groups=mixed)

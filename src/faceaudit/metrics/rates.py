@@ -12,8 +12,9 @@ Definitions (NISTIR 8280, FRVT Part 3: Demographic Effects, Grother, Ngan, Hanao
   matrix; FMR_g is its diagonal.
 
 Exactness. Impostor counts come from the exact tail while t lies above the tail's smallest score, and
-from the histogram otherwise; there t is moved to a bin edge (the largest edge whose FMR is within the
-target), so counts are exact for that edge and the threshold is within one bin of the exact one.
+from the histogram otherwise; there t is moved to a bin edge (the smallest edge whose FMR is within the
+target), counts are those of the bins from that edge up, and the threshold is within one bin of the
+exact one.
 ``threshold_exact`` says which case applies.
 """
 
@@ -75,8 +76,10 @@ def impostor_counts_at(stats: PairStatistics, threshold: Threshold) -> np.ndarra
     if threshold.exact:
         keep = stats.tail_score >= threshold.value
         return np.bincount(stats.tail_cell[keep], minlength=n_cells).astype(np.int64)
-    i = int(stats.bins.index(np.array([threshold.value]))[0])
-    if threshold.value >= stats.bins.hi:
+    # The threshold is a bin edge: find that edge's own index (recomputing its bin in float32 can land
+    # one bin low), so per-cell counts add up to the threshold's global count.
+    i = int(np.searchsorted(stats.bins.edges, threshold.value, side="left"))
+    if i >= stats.bins.n:
         return np.zeros(n_cells, np.int64)
     counts: np.ndarray = stats.impostor_hist[:, i:].sum(axis=1)
     return counts
@@ -91,6 +94,8 @@ class CellCounts:
     false_non_matches: np.ndarray  # per group
     genuine_pairs: np.ndarray  # per group
     genuine_cross_group: int  # genuine pairs whose two images are in different groups
+    false_non_matches_all: int  # over every genuine pair, cross-group ones included
+    genuine_pairs_all: int
 
     def fmr_matrix(self, n_groups: int) -> np.ndarray:
         """Symmetric G x G matrix of FMR (nan where a cell has no pairs)."""
@@ -123,6 +128,8 @@ def counts_at(stats: PairStatistics, threshold: Threshold) -> CellCounts:
         false_non_matches=fnm.astype(np.int64),
         genuine_pairs=gen.astype(np.int64),
         genuine_cross_group=int((~within).sum()),
+        false_non_matches_all=int(np.count_nonzero(scores < threshold.value)),
+        genuine_pairs_all=len(scores),
     )
 
 

@@ -146,7 +146,7 @@ class Analysis:
                     "group_threshold": gt.value, "group_threshold_exact": gt.exact,
                     "threshold_shift": gt.value - op.threshold.value,
                 })
-            total_gen = int(op.counts.genuine_pairs.sum())
+            total_gen = op.counts.genuine_pairs_all
             ops.append({
                 "target_fmr": op.target_fmr,
                 "threshold": op.threshold.value,
@@ -154,7 +154,7 @@ class Analysis:
                 "fmr": op.threshold.fmr,
                 "false_matches": op.threshold.false_matches,
                 "impostor_pairs": op.threshold.impostor_pairs,
-                "fnmr": int(op.counts.false_non_matches.sum()) / total_gen if total_gen else None,
+                "fnmr": op.counts.false_non_matches_all / total_gen if total_gen else None,
                 "groups": groups,
                 "cross_group_fmr": {"groups": list(labels), "matrix": op.counts.fmr_matrix(g)},
                 "permutation_test": None if op.permutation is None else op.permutation.to_dict(),
