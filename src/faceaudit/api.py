@@ -216,7 +216,3 @@ def verify(
         faces=enrolled,
         failures=failures,
     )
-
-
-def verify_many(pairs: Sequence[tuple[ImageLike, ImageLike]], **kwargs: Any) -> list[VerifyResult]:
-    return [verify(a, b, **kwargs) for a, b in pairs]

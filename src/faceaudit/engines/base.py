@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -206,7 +206,6 @@ class Engine:
     detector: Detector
     embedder: Embedder
     metric: str = "cosine"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
