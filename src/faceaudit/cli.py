@@ -278,6 +278,47 @@ def attributes(predictions: str, truth: str, predicted: str, by: tuple[str, ...]
 
 
 @main.command()
+@click.option("--private", "private_path", required=True, type=click.Path(dir_okay=False), help="Private key file.")
+@click.option("--public", "public_path", required=True, type=click.Path(dir_okay=False), help="Public key file.")
+def keygen(private_path: str, public_path: str) -> None:
+    """Create an Ed25519 key pair for signing reports (keep the private key; publish the public one)."""
+    from faceaudit.report.integrity import generate_key
+
+    for p in (private_path, public_path):
+        if Path(p).exists():
+            raise click.ClickException(f"{p} exists; refusing to overwrite a key")
+    generate_key(private_path, public_path)
+    click.echo(f"written: {private_path} (private, mode 600), {public_path} (public)")
+
+
+@main.command("sign-report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Ed25519 private key (PEM).")
+def sign_report(folder: str, key: str) -> None:
+    """Write MANIFEST.sha256 over every file of FOLDER and sign it (MANIFEST.sig)."""
+    from faceaudit.report.integrity import sign_manifest, write_manifest
+
+    write_manifest(folder)
+    click.echo(f"signed: {sign_manifest(folder, key)}")
+
+
+@main.command("verify-report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--pubkey", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ed25519 public key (PEM): also check the signature.")
+def verify_report(folder: str, pubkey: str | None) -> None:
+    """Check every file of a report FOLDER against its manifest (and signature); exit 1 on any difference."""
+    from faceaudit.report.integrity import verify_folder
+
+    res = verify_folder(folder, pubkey)
+    for line in res.describe():
+        click.echo(line)
+    click.echo("OK: the report is intact" if res.ok else "FAILED: the report differs from what was written")
+    if not res.ok:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--out", default="faceaudit-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
