@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ def require_lfw() -> Path:
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "processor": platform.processor()}
+    from faceaudit.report.provenance import machine as describe
+
+    return describe()
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
