@@ -1,4 +1,4 @@
-"""All-pairs scoring, FMR thresholds and the shipped calibration, against naive and sklearn references."""
+"""Single-group scoring, the FMR threshold rule and the shipped calibration, against naive and sklearn references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from sklearn.metrics import roc_curve
 from faceaudit.engines import default
 from faceaudit.engines.calibration import Calibration, load_calibration
 from faceaudit.errors import CalibrationError
-from faceaudit.scoring.all_pairs import score_all_pairs, threshold_at_fmr
+from faceaudit.metrics.rates import global_threshold
+from faceaudit.scoring.compare import compare_embeddings
+from faceaudit.scoring.stats import PairStatistics, ScoreBins
 
 
 def _data(n: int = 300, d: int = 16, subjects: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -21,25 +23,35 @@ def _data(n: int = 300, d: int = 16, subjects: int = 60, seed: int = 0) -> tuple
     return emb.astype(np.float32), labels
 
 
+def _one_group(emb: np.ndarray, labels: np.ndarray, top_k: int, **kw: int) -> PairStatistics:
+    """Everyone in one group: the way `faceaudit calibrate` compares."""
+    return compare_embeddings(emb, labels, np.zeros(len(emb), np.int32), 1, top_k=top_k, **kw)
+
+
 def test_all_pairs_matches_naive_double_loop() -> None:
     emb, labels = _data()
-    res = score_all_pairs(emb, labels, top_k=500, block=37)  # odd block size on purpose
+    res = _one_group(emb, labels, top_k=500, row_block=37, col_block=53)  # odd block sizes on purpose
     gen, imp = [], []
     for i in range(len(emb)):
         for j in range(i + 1, len(emb)):
             s = float(emb[i] @ emb[j])
             (gen if labels[i] == labels[j] else imp).append(s)
-    assert res.n_genuine == len(gen) and res.n_impostor == len(imp)
-    np.testing.assert_allclose(np.sort(res.genuine), np.sort(gen), atol=1e-6)
-    np.testing.assert_allclose(res.impostor_top, np.sort(imp)[::-1][:500], atol=1e-6)
+    genuine = res.genuine()[0]
+    assert len(genuine) == len(gen) and int(res.n_impostor.sum()) == len(imp)
+    np.testing.assert_allclose(np.sort(genuine), np.sort(gen), atol=1e-6)
+    np.testing.assert_allclose(res.sorted_tail()[0], np.sort(imp)[::-1][:500], atol=1e-6)
 
 
 def test_threshold_at_fmr_never_exceeds_target_and_handles_ties() -> None:
     scores = np.array([0.9, 0.8, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0], np.float32)
+    stats = PairStatistics(n_groups=1, bins=ScoreBins(), top_k=100)
+    stats.add_impostor_pairs(scores, np.zeros(10, int), np.zeros(10, int), np.ones(10, int))
     # 2 false matches allowed of 10: the 3rd largest is 0.8, tied with the 2nd; all 0.8s must be rejected
-    t, count = threshold_at_fmr(scores, 10, 0.2)
+    th = global_threshold(stats, 0.2)
+    t, count = th.value, th.false_matches
     assert count == 1 and 0.8 < t <= 0.9
-    t, count = threshold_at_fmr(scores, 10, 0.4)
+    th = global_threshold(stats, 0.4)
+    t, count = th.value, th.false_matches
     assert count == 4 and 0.5 < t <= 0.8
 
 
@@ -50,18 +62,20 @@ def test_threshold_fmr_agrees_with_sklearn_roc_curve() -> None:
     labels = rng.integers(0, 80, 400)
     emb = (np.round(rng.normal(size=(80, 16)) * 4)[labels] + rng.integers(-3, 4, size=(400, 16))) / 16
     emb = emb.astype(np.float32)
-    res = score_all_pairs(emb, labels, top_k=10_000)
+    res = _one_group(emb, labels, top_k=10_000)
+    n_impostor = int(res.n_impostor.sum())
     ia, ib = np.triu_indices(len(emb), k=1)
     s = (emb[ia] * emb[ib]).sum(1)
     y = labels[ia] == labels[ib]
     fpr, _, thr = roc_curve(y, s, drop_intermediate=False)
     for target in (1e-1, 1e-2, 1e-3):
-        t, count = threshold_at_fmr(res.impostor_top, res.n_impostor, target)
+        th = global_threshold(res, target)
+        t, count = th.value, th.false_matches
         assert count == int(((s >= t) & ~y).sum())
         # sklearn: fpr[i] = #(impostor >= thr[i]) / #impostor. Our threshold reaches the largest
         # FMR that does not exceed the target, and at t the FMR equals sklearn's at the nearest thr >= t.
-        assert count / res.n_impostor == pytest.approx(fpr[fpr <= target].max(), abs=1e-15)
-        assert count / res.n_impostor == pytest.approx(fpr[np.flatnonzero(thr >= t)[-1]], abs=1e-15)
+        assert count / n_impostor == pytest.approx(fpr[fpr <= target].max(), abs=1e-15)
+        assert count / n_impostor == pytest.approx(fpr[np.flatnonzero(thr >= t)[-1]], abs=1e-15)
 
 
 def test_shipped_calibration_fits_the_default_engine() -> None:

@@ -3,7 +3,8 @@
 Every unordered pair of successfully enrolled images is compared; pairs of different subjects are
 impostor pairs. For each FMR on a grid of 20 points per decade from 2e-2 down to the smallest FMR the
 data supports (10 false matches), the threshold is taken from the exact impostor tail
-(:func:`faceaudit.scoring.all_pairs.threshold_at_fmr`). The result records the data it came from.
+(:func:`faceaudit.metrics.rates.global_threshold`,
+the same rule as ``faceaudit evaluate``). The result records the data it came from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from faceaudit.engines.base import EngineIdentity
 from faceaudit.engines.calibration import MIN_FALSE_MATCHES, Calibration
 from faceaudit.errors import InputError
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings
-from faceaudit.scoring.all_pairs import score_all_pairs, threshold_at_fmr
+from faceaudit.metrics.rates import counts_at, global_threshold
+from faceaudit.scoring.compare import compare_embeddings
 
 MAX_FMR = 2e-2  # so that 1e-2 lies inside the calibrated range
 STEPS_PER_DECADE = 20
@@ -36,21 +38,22 @@ def calibrate_from_embeddings(path: str | Path, dataset_name: str, manifest: str
     n = len(emb)
     n_pairs_est = n * (n - 1) // 2
     top_k = math.ceil(MAX_FMR * n_pairs_est) + 2
-    scores = score_all_pairs(emb, ok["subject_id"].to_numpy(), top_k=top_k)
-    if scores.n_genuine == 0:
+    subjects = np.unique(ok["subject_id"].astype(str).to_numpy(), return_inverse=True)[1]
+    stats = compare_embeddings(emb, subjects, np.zeros(n, np.int32), 1, top_k=top_k)  # one group: everyone
+    n_impostor = int(stats.n_impostor.sum())
+    n_genuine = len(stats.genuine()[0])
+    if n_genuine == 0:
         raise InputError(f"{path}: no subject has two enrolled images, so there are no genuine pairs")
-    lowest = MIN_FALSE_MATCHES / scores.n_impostor
+    lowest = MIN_FALSE_MATCHES / n_impostor
     n_steps = math.floor(STEPS_PER_DECADE * math.log10(MAX_FMR / lowest))
     targets = MAX_FMR * 10.0 ** (-np.arange(n_steps + 1) / STEPS_PER_DECADE)
-    genuine_sorted = np.sort(scores.genuine)
     rows: dict[float, tuple[float, float]] = {}
     for f in targets:
-        t, count = threshold_at_fmr(scores.impostor_top, scores.n_impostor, float(f))
-        achieved = count / scores.n_impostor
-        if achieved <= 0:
+        t = global_threshold(stats, float(f))
+        if t.false_matches == 0:
             continue
-        fnmr = float(np.searchsorted(genuine_sorted, t, side="left") / len(genuine_sorted))
-        rows.setdefault(t, (achieved, fnmr))
+        c = counts_at(stats, t)
+        rows.setdefault(t.value, (t.fmr, c.false_non_matches_all / c.genuine_pairs_all))
     thresholds = np.array(sorted(rows))
     source = {
         "dataset": dataset_name,
@@ -74,7 +77,7 @@ def calibrate_from_embeddings(path: str | Path, dataset_name: str, manifest: str
         fmr=np.array([rows[t][0] for t in thresholds]),
         threshold=thresholds,
         fnmr=np.array([rows[t][1] for t in thresholds]),
-        n_impostor=scores.n_impostor,
-        n_genuine=scores.n_genuine,
+        n_impostor=n_impostor,
+        n_genuine=n_genuine,
         source=source,
     )
