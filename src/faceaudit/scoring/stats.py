@@ -89,7 +89,6 @@ class PairStatistics:
             return
         if block.ndim == 1:
             subj_a, subj_b = np.asarray(subj_a).ravel(), np.asarray(subj_b).ravel()
-            rows_a, cols_b = np.arange(len(block)), np.arange(len(block))
             block = np.ascontiguousarray(block).reshape(1, -1)
             per_pair = True
         else:
@@ -107,7 +106,7 @@ class PairStatistics:
             s = block.ravel()
             keep = np.flatnonzero(s > floor)
             if per_pair:
-                sa, sb = subj_a[rows_a[keep]], subj_b[cols_b[keep]]
+                sa, sb = subj_a[keep], subj_b[keep]
             else:
                 i, j = np.divmod(keep, block.shape[1])
                 sa, sb = subj_a[i], subj_b[j]
