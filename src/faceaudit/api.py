@@ -104,7 +104,7 @@ class EmbedRun:
 
 
 def embed(
-    source: str | Path,
+    source: str | Path | pd.DataFrame,
     out: str | Path | None = None,
     *,
     engine: str | None = None,
@@ -117,10 +117,12 @@ def embed(
 ) -> EmbedRun:
     """Embed every image of a folder (one subfolder per subject) or manifest; write Parquet to ``out``.
 
-    ``cache``: True for the default cache file, a path for another, False for none.
+    ``source`` may also be a table already read (columns ``path``, ``subject_id``, ``_file``, as
+    :func:`faceaudit.io.manifest.read_inputs` returns). ``cache``: True for the default cache file,
+    a path for another, False for none.
     """
     settings = settings or EnrolSettings()
-    inputs = read_inputs(source)
+    inputs = source if isinstance(source, pd.DataFrame) else read_inputs(source)
     spec = engine_spec(engine)
     store = None if cache is False else EmbeddingCache(None if cache is True else cache)
     try:
@@ -136,7 +138,7 @@ def embed(
         "faceaudit_version": __version__,
         "engine": spec.identity().to_dict(),
         "settings": {**settings.to_dict(), "max_pixels": max_pixels},
-        "source": str(source),
+        "source": "table" if isinstance(source, pd.DataFrame) else str(source),
     }
     if out is not None:
         write_embeddings(frame, out, metadata)

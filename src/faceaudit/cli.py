@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,103 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
     click.echo(f"written: {out}")
 
 
+def _pair_list(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
+    return tuple(tuple(a.strip() for a in v.split(",") if a.strip()) for v in values) or None
+
+
+@main.command()
+@click.argument("dataset", required=False, type=click.Path(exists=True))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Audit config (TOML); the flags below override its keys.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder to write.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "manifest", "folder", "lfw", "pairs"]), default=None,
+              help="Layout of DATASET (default: auto).")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pair list (RFW .txt or BFW-style CSV): compare only these pairs (format 'pairs').")
+@click.option("--attributes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV/Parquet of labels joined on path or subject_id.")
+@click.option("--labels", default=None, help="How the demographic labels were obtained (stated in the report).")
+@click.option("--engine", default=None, help="Engine to audit (see `faceaudit engines`).")
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Audit precomputed embeddings (from `faceaudit embed`) instead of embedding images.")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Audit another system from its score file (id_a, id_b, score); DATASET is then the manifest "
+                   "of ids (id, subject_id, labels).")
+@click.option("--distance", is_flag=True, default=None, help="With --scores: lower scores mean more alike.")
+@click.option("--system-name", default=None, help="Name of the system audited, for the report.")
+@click.option("--by", "by", multiple=True, help="Attribute to group by (repeatable).")
+@click.option("--intersect", "intersections", multiple=True,
+              help="An intersection to analyse, comma-separated, e.g. sex,race (repeatable).")
+@click.option("--fmr", "fmrs", multiple=True, type=float, help="Target FMR (repeatable; default 1e-3..1e-6).")
+@click.option("--bootstrap", type=int, default=None, help="Bootstrap replicates (default 1000; 0: none).")
+@click.option("--permutations", type=int, default=None, help="Permutations for the tests (default 1000).")
+@click.option("--seed", type=int, default=None, help="Seed of every random draw (default 0).")
+@click.option("--impostor-sample", type=float, default=None, help="Keep each impostor pair with this probability.")
+@click.option("--workers", type=int, default=None, help="Worker processes for embedding.")
+@click.option("--no-cache", is_flag=True, default=None, help="Do not read or write the embedding cache.")
+@click.option("--title", default=None, help="Report title.")
+@click.option("--sign", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ed25519 private key (from `faceaudit keygen`): sign the report's manifest.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | None, pairs: str | None,
+          attributes: str | None, labels: str | None, engine: str | None, embeddings: str | None,
+          scores: str | None, distance: bool | None, system_name: str | None, by: tuple[str, ...],
+          intersections: tuple[str, ...], fmrs: tuple[float, ...], bootstrap: int | None, permutations: int | None,
+          seed: int | None, impostor_sample: float | None, workers: int | None, no_cache: bool | None,
+          title: str | None, sign: str | None, quiet: bool) -> None:
+    """Audit a face recognition system for demographic bias and write a signed, reproducible report.
+
+    DATASET: a manifest (CSV/Parquet: path, subject_id, label columns), a folder with one subfolder per
+    subject, or an LFW folder; or give everything in --config. Example:
+    `faceaudit audit faces.csv --by sex --by race --out report/`.
+    """
+    from faceaudit.audit.config import AuditConfig
+    from faceaudit.audit.run import run_audit
+
+    cfg = AuditConfig.from_toml(config_path) if config_path else AuditConfig()
+    cwd = Path.cwd()
+
+    def here(p: str | None) -> str | None:
+        return None if p is None else str((cwd / p).resolve())
+
+    if title:
+        cfg = replace(cfg, title=title)
+    cfg = cfg.override("dataset", path=here(dataset), format=fmt, pairs=here(pairs), attributes=here(attributes),
+                       labels=labels)
+    if pairs and fmt is None:
+        cfg = cfg.override("dataset", format="pairs")
+    cfg = cfg.override("system", engine=engine, embeddings=here(embeddings), scores=here(scores), distance=distance,
+                       name=system_name)
+    cfg = cfg.override("groups", by=by or None, intersections=_pair_list(intersections))
+    cfg = cfg.override("metrics", target_fmrs=fmrs or None)
+    cfg = cfg.override("pairs", impostor_sample=impostor_sample)
+    cfg = cfg.override("uncertainty", bootstrap=bootstrap, permutations=permutations, seed=seed)
+    cfg = cfg.override("run", workers=workers, cache=False if no_cache else None)
+    res = run_audit(cfg, out, sign=sign, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+    for line in _audit_lines(res.results):
+        click.echo(line)
+    click.echo(f"Report: {Path(out) / 'report.html'}  (also results.json, summary.md; check with "
+               f"`faceaudit verify-report {out}`)")
+
+
+def _audit_lines(results: dict[str, Any]) -> list[str]:
+    from faceaudit.report.findings import headlines
+
+    lines = []
+    if results.get("protocol"):
+        p = results["protocol"]
+        lines.append(f"{p['name']}: accuracy {p['accuracy']:.2%} (SE {p['standard_error']:.2%})")
+    seen = set()
+    for h in headlines(results):
+        key = tuple(h.attributes)
+        if key in seen:  # the first (largest) target FMR of each analysis is the headline
+            continue
+        seen.add(key)
+        lines.append(f"By {' x '.join(h.attributes)}:")
+        lines += [f"  {s}" for s in h.sentences()]
+    return lines
+
+
 @main.command()
 @click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
 @click.option("--truth", required=True, help="Column with the true label (e.g. sex).")
@@ -320,24 +418,17 @@ def verify_report(folder: str, pubkey: str | None) -> None:
 
 @main.command()
 @click.option("--out", default="faceaudit-demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all cores).")
-def demo(out: str, fmr: float, workers: int | None) -> None:
-    """Embed the bundled London faces and verify every pair, with error rates by sex and ethnicity."""
+@click.option("--sign", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ed25519 private key: sign the report.")
+def demo(out: str, workers: int | None, sign: str | None) -> None:
+    """A complete audit of the bundled London faces (CC BY 4.0) by sex and by ethnicity."""
     from faceaudit.demo import run_demo
 
-    res = run_demo(out, fmr=fmr, workers=workers)
-    run = res.run
-    click.echo(f"Bundled London faces (CC BY 4.0): {run.n_images} images, {run.n_ok} embedded, "
-               f"{run.n_images - run.n_ok} failed to enrol.")
-    gen = res.pairs[res.pairs["genuine"]]
-    imp = res.pairs[~res.pairs["genuine"]]
-    click.echo(f"Threshold {res.threshold:.4f} (target FMR {fmr:g}, calibrated on LFW).")
-    click.echo(f"Genuine pairs: {len(gen)}, false non-matches: {int((~gen['match']).sum())}; "
-               f"impostor pairs: {len(imp)}, false matches: {int(imp['match'].sum())}.")
-    click.echo("Per group (impostor pairs within the group):")
-    click.echo(res.by_group.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    click.echo(f"Written: {Path(out) / 'embeddings.parquet'}, {Path(out) / 'pairs.csv'}, {Path(out) / 'by_group.csv'}")
+    res = run_demo(out, workers=workers, sign=sign)
+    for line in _audit_lines(res.results):
+        click.echo(line)
+    click.echo(f"Report: {(Path(out) / 'report.html').resolve()}")
 
 
 if __name__ == "__main__":

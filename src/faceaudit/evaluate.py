@@ -1,8 +1,8 @@
 """``faceaudit evaluate``: from embeddings or another system's scores to per-group error rates.
 
 The comparison runs once, on the finest grouping (the intersection of every attribute asked for);
-each analysis (one per attribute, or the intersection with ``intersect=True``) is derived from it
-exactly by :func:`faceaudit.scoring.stats.coarsen`.
+each analysis (one attribute, or an intersection of several) is derived from it exactly by
+:func:`faceaudit.scoring.stats.coarsen`.
 """
 
 from __future__ import annotations
@@ -19,21 +19,28 @@ from faceaudit.errors import InputError
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings
 from faceaudit.io.scores import iter_pairs, read_score_manifest
 from faceaudit.metrics.bootstrap import BootstrapSpec
+from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
-from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, compare_embeddings
+from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, compare_embeddings, score_pairs
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
 
 DEFAULT_FMRS = (1e-3, 1e-4, 1e-5, 1e-6)
-#: A target FMR is evaluated only when at least this many false matches are expected at it.
-MIN_EXPECTED_FALSE_MATCHES = 10
 MAX_TAIL = 5_000_000
 
 
-def _analyses_attrs(by: Sequence[str], intersect: bool) -> list[list[str]]:
+def groupings_of(by: Sequence[str], intersect: bool = False) -> list[list[str]]:
+    """The analyses asked for: each attribute alone, or (``intersect``) one intersection of all."""
     if not by:
         raise InputError("name at least one attribute to group by (--by sex)")
     return [list(by)] if intersect else [[a] for a in by]
+
+
+def _finest(groupings: Sequence[Sequence[str]]) -> list[str]:
+    """Every attribute of every analysis, in first-seen order: the grouping the comparison runs on."""
+    if not groupings or not all(groupings):
+        raise InputError("name at least one attribute to group by (--by sex)")
+    return list(dict.fromkeys(a for g in groupings for a in g))
 
 
 def _tail_size(n_impostor: int, targets: Sequence[float], top_k: int | None) -> int:
@@ -78,11 +85,12 @@ def _coarse_map(fine: Grouping, coarse: Grouping) -> np.ndarray:
     return mapping
 
 
-def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics, by: Sequence[str],
-           intersect: bool, targets: Sequence[float], alpha: float, subjects: np.ndarray | None = None,
-           bootstrap: BootstrapSpec | None = None, permutations: int = 0) -> list[Analysis]:
+def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics,
+           groupings: Sequence[Sequence[str]], targets: Sequence[float], alpha: float,
+           subjects: np.ndarray | None = None, bootstrap: BootstrapSpec | None = None,
+           permutations: int = 0) -> list[Analysis]:
     out = []
-    for attrs in _analyses_attrs(by, intersect):
+    for attrs in groupings:
         grouping = assign_groups(table, attrs)
         s = stats if grouping.labels == fine.labels else coarsen(stats, _coarse_map(fine, grouping), grouping.n_groups)
         per_subject = None
@@ -106,10 +114,23 @@ def _uncertainty(spec: BootstrapSpec) -> dict[str, Any]:
     }
 
 
+def _settings(by: Sequence[str], intersect: bool, groupings: Sequence[Sequence[str]], targets: Sequence[float],
+              skipped: list[dict[str, Any]], alpha: float, bins: ScoreBins, tail: int, impostor_pairs: str,
+              scores: str) -> dict[str, Any]:
+    return {"by": list(by), "intersect": intersect, "groupings": [list(g) for g in groupings],
+            "target_fmrs": list(targets), "skipped_targets": skipped, "alpha": alpha,
+            "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": tail,
+            "impostor_pairs": impostor_pairs, "scores": scores}
+
+
+COSINE = "cosine similarity; a pair matches when score >= threshold"
+
+
 def evaluate_embeddings(
     path: str | Path,
-    by: Sequence[str],
+    by: Sequence[str] = (),
     *,
+    groupings: Sequence[Sequence[str]] | None = None,
     intersect: bool = False,
     target_fmrs: Sequence[float] = DEFAULT_FMRS,
     alpha: float = 0.5,
@@ -123,13 +144,43 @@ def evaluate_embeddings(
 ) -> EvaluationResult:
     """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
 
+    The analyses are ``groupings`` (a list of attribute lists: ``[["sex"], ["sex", "race"]]``) or,
+    without it, :func:`groupings_of` ``(by, intersect)``. See :func:`evaluate_frame`.
+    """
+    df, meta = read_embeddings(path)
+    return evaluate_frame(df, meta, by, groupings=groupings, intersect=intersect, target_fmrs=target_fmrs,
+                          alpha=alpha, bins=bins, top_k=top_k, bootstrap=bootstrap, permutations=permutations,
+                          seed=seed, impostor_sample=impostor_sample, progress=progress,
+                          inputs={"embeddings": str(path)})
+
+
+def evaluate_frame(
+    df: pd.DataFrame,
+    metadata: dict[str, Any],
+    by: Sequence[str] = (),
+    *,
+    groupings: Sequence[Sequence[str]] | None = None,
+    intersect: bool = False,
+    target_fmrs: Sequence[float] = DEFAULT_FMRS,
+    alpha: float = 0.5,
+    bins: ScoreBins | None = None,
+    top_k: int | None = None,
+    bootstrap: int = 1000,
+    permutations: int = 1000,
+    seed: int = 0,
+    impostor_sample: float | None = None,
+    progress: bool = False,
+    inputs: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Evaluate the rows of an embeddings file (as read by ``read_embeddings``): all pairs of enrolled images.
+
     ``bootstrap`` replicates of a subject-level bootstrap give the intervals, and ``permutations``
     shuffles of group labels between subjects test FPD and FND (0: none). ``impostor_sample``: keep
     each impostor pair with this probability (declared in the result; genuine pairs are all kept).
     Intervals and permutation tests assume all pairs, so they are not computed for a sample.
     """
-    df, meta = read_embeddings(path)
-    fine = assign_groups(df, list(by))
+    groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
+    fine = assign_groups(df, _finest(groupings))
     ok = df["ok"].to_numpy(bool)
     subjects = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)[1].astype(np.int32)
     emb = embedding_matrix(df)
@@ -145,7 +196,7 @@ def evaluate_embeddings(
     stats = compare_embeddings(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k,
                                progress=progress, sample=sample)
     if stats.n_impostor.sum() == 0:
-        raise InputError(f"{path}: no impostor pairs (all enrolled images belong to one subject)")
+        raise InputError("no impostor pairs: all enrolled images belong to one subject")
     spec = BootstrapSpec(replicates=0 if sample else bootstrap, seed=seed)
     uncertainty = {**_uncertainty(spec), "permutation_test": {
         "permutations": 0 if sample else permutations, "seed": seed,
@@ -154,25 +205,39 @@ def evaluate_embeddings(
         uncertainty["note"] = ("impostor pairs were sampled: intervals and permutation tests assume all pairs "
                                "and are not computed")
     return EvaluationResult(
-        analyses=_build(df, ok, fine, stats, by, intersect, targets, alpha, subjects, spec,
+        analyses=_build(df, ok, fine, stats, groupings, targets, alpha, subjects, spec,
                         0 if sample else permutations),
         uncertainty=uncertainty,
-        inputs={"embeddings": str(path), "engine": meta.get("engine"), "images": len(df), "enrolled": n},
-        settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,
-                  "alpha": alpha, "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": k,
-                  "impostor_pairs": "all" if sample is None else
-                  f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed {sample.seed}, "
-                  f"draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: all)",
-                  "scores": "cosine similarity; a pair matches when score >= threshold"},
+        inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": n},
+        settings=_settings(by, intersect, groupings, targets, skipped, alpha, bins, k,
+                           "all" if sample is None else
+                           f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed "
+                           f"{sample.seed}, draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: "
+                           "all)", COSINE),
         excluded={"failed_to_enrol": int((~ok).sum())},
     )
+
+
+_NO_INTERVALS = {"method": None, "note": "intervals need all pairs among the subjects; a list of pairs gives only "
+                                         "the pairs it lists, so no intervals are computed for it"}
+
+
+def _fold_pairs(stats: PairStatistics, fine: Grouping, subjects: np.ndarray, ia: np.ndarray, ib: np.ndarray,
+                scores: np.ndarray) -> None:
+    """Fold listed pairs (row indices ``ia``, ``ib`` with their scores) into ``stats``: genuine when same subject."""
+    cells = cell_index(fine.index[ia], fine.index[ib], fine.n_groups)
+    s = np.asarray(scores, np.float32)
+    gen = subjects[ia] == subjects[ib]
+    stats.add_genuine(s[gen], cells[gen], subjects[ia][gen])
+    stats.add_impostor_pairs(s[~gen], cells[~gen], subjects[ia][~gen], subjects[ib][~gen])
 
 
 def evaluate_scores(
     pairs: str | Path,
     manifest: str | Path,
-    by: Sequence[str],
+    by: Sequence[str] = (),
     *,
+    groupings: Sequence[Sequence[str]] | None = None,
     higher_is_similar: bool = True,
     intersect: bool = False,
     target_fmrs: Sequence[float] = DEFAULT_FMRS,
@@ -180,20 +245,24 @@ def evaluate_scores(
     n_bins: int = 20_000,
     top_k: int | None = None,
     chunk_rows: int = 2_000_000,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate another system's comparison scores (pairs file + manifest), read in chunks.
 
     Distances (``higher_is_similar=False``) are negated on reading, so every threshold in the result
     is a negated distance: a pair matches when -distance >= threshold.
     """
+    from tqdm import tqdm
+
+    groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
     table = read_score_manifest(manifest)
-    fine = assign_groups(table, list(by))
+    fine = assign_groups(table, _finest(groupings))
     index = pd.Index(table["id"])
     subj = np.unique(table["subject_id"].to_numpy(), return_inverse=True)[1].astype(np.int32)
     sign = 1.0 if higher_is_similar else -1.0
     lo, hi, n_rows = np.inf, -np.inf, 0
-    for chunk in iter_pairs(pairs, chunk_rows):  # pass 1: score range and count, for the bins and tail
-        s = chunk["score"].to_numpy(np.float64) * sign
+    for chunk in tqdm(iter_pairs(pairs, chunk_rows), desc="scores: range", unit="chunk", disable=not progress):
+        s = chunk["score"].to_numpy(np.float64) * sign  # pass 1: score range and count, for the bins and tail
         s = s[np.isfinite(s)]
         if s.size:
             lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
@@ -205,7 +274,9 @@ def evaluate_scores(
     targets, skipped = _supported(target_fmrs, n_rows)
     stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(n_rows, targets, top_k))
     excluded = {"unknown_id": 0, "same_image": 0, "missing_score": 0}
-    for chunk in iter_pairs(pairs, chunk_rows):  # pass 2: fold
+    total = math.ceil(n_rows / chunk_rows)
+    for chunk in tqdm(iter_pairs(pairs, chunk_rows), desc="scores: fold", unit="chunk", total=total,
+                      disable=not progress):
         ia, ib = index.get_indexer(chunk["id_a"]), index.get_indexer(chunk["id_b"])
         s = chunk["score"].to_numpy(np.float64) * sign
         unknown = (ia < 0) | (ib < 0)
@@ -215,25 +286,63 @@ def evaluate_scores(
         excluded["same_image"] += int(same.sum())
         excluded["missing_score"] += int(missing.sum())
         keep = ~(unknown | same | missing)
-        ia, ib, s = ia[keep], ib[keep], s[keep].astype(np.float32)
-        cells = cell_index(fine.index[ia], fine.index[ib], fine.n_groups)
-        gen = subj[ia] == subj[ib]
-        stats.add_genuine(s[gen], cells[gen], subj[ia][gen])
-        stats.add_impostor_pairs(s[~gen], cells[~gen], subj[ia][~gen], subj[ib][~gen])
+        _fold_pairs(stats, fine, subj, ia[keep], ib[keep], s[keep])
     if stats.n_impostor.sum() == 0:
         raise InputError(f"{pairs}: no impostor pairs among the usable rows ({excluded})")
     ok = np.ones(len(table), bool)
     return EvaluationResult(
-        uncertainty={"method": None, "note": "intervals need all pairs among the subjects; a pairs file gives "
-                                             "only the pairs it lists, so no intervals are computed for it"},
-        analyses=_build(table, ok, fine, stats, by, intersect, targets, alpha),
+        uncertainty=dict(_NO_INTERVALS),
+        analyses=_build(table, ok, fine, stats, groupings, targets, alpha),
         inputs={"pairs": str(pairs), "manifest": str(manifest), "pairs_read": n_rows},
-        settings={"by": list(by), "intersect": intersect, "target_fmrs": targets, "skipped_targets": skipped,
-                  "alpha": alpha, "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n},
-                  "tail_size": stats.top_k, "impostor_pairs": "as given in the pairs file",
-                  "scores": "similarity (higher = more alike)" if higher_is_similar
-                  else "distance, negated: a pair matches when -distance >= threshold"},
+        settings=_settings(by, intersect, groupings, targets, skipped, alpha, bins, stats.top_k,
+                           "as given in the pairs file",
+                           "similarity (higher = more alike)" if higher_is_similar
+                           else "distance, negated: a pair matches when -distance >= threshold"),
         excluded=excluded,
+    )
+
+
+def evaluate_listed_pairs(
+    df: pd.DataFrame,
+    metadata: dict[str, Any],
+    index_a: np.ndarray,
+    index_b: np.ndarray,
+    groupings: Sequence[Sequence[str]],
+    *,
+    target_fmrs: Sequence[float] = DEFAULT_FMRS,
+    alpha: float = 0.5,
+    excluded: dict[str, int] | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Evaluate only the listed pairs (rows ``index_a[i]``, ``index_b[i]`` of an embeddings frame).
+
+    For datasets that give the pairs to compare (RFW, BFW). A pair with an image that failed to enrol
+    is left out and counted (``pair_failed_to_enrol``); genuine means same ``subject_id``.
+    """
+    groupings = [list(g) for g in groupings]
+    fine = assign_groups(df, _finest(groupings))
+    ok = df["ok"].to_numpy(bool)
+    subjects = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)[1].astype(np.int32)
+    ia, ib = np.asarray(index_a, np.int64), np.asarray(index_b, np.int64)
+    usable = ok[ia] & ok[ib]
+    ia, ib = ia[usable], ib[usable]
+    row_of = np.full(len(df), -1, np.int64)
+    row_of[ok] = np.arange(int(ok.sum()))
+    emb = embedding_matrix(df)
+    scores = score_pairs(emb, row_of[ia], row_of[ib])
+    bins = ScoreBins(-1.0, 1.0, 20_000)
+    targets, skipped = _supported(target_fmrs, int((subjects[ia] != subjects[ib]).sum()))
+    stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(len(ia), targets, None))
+    _fold_pairs(stats, fine, subjects, ia, ib, scores)
+    return EvaluationResult(
+        uncertainty=dict(_NO_INTERVALS),
+        analyses=_build(df, ok, fine, stats, groupings, targets, alpha),
+        inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": int(ok.sum()),
+                "pairs_listed": len(index_a)},
+        settings=_settings([a for g in groupings for a in g], False, groupings, targets, skipped, alpha, bins,
+                           stats.top_k, "as listed by the dataset", COSINE),
+        excluded={**(excluded or {}), "failed_to_enrol": int((~ok).sum()),
+                  "pair_failed_to_enrol": int((~usable).sum())},
     )
 
 
@@ -270,7 +379,7 @@ def evaluate_identification(
     res = search(emb[probes], subj[probes], emb[split.gallery], subj[split.gallery], candidates=max(ranks))
     mated = np.arange(len(probes)) < len(split.mated)
     out = []
-    for attrs in _analyses_attrs(by, intersect):
+    for attrs in groupings_of(by, intersect):
         grouping = assign_groups(ok, attrs)
         cand = {s: grouping.labels[g] for s, g in zip(subj[split.gallery], grouping.index[split.gallery], strict=True)}
         table = identification_table(res, mated, grouping.index[probes], list(grouping.labels), cand,

@@ -136,6 +136,17 @@ def replicate_counts(stats: PairStatistics, images_per_subject: np.ndarray, thre
     return ReplicateCounts(fm_r, imp_r, draws @ fnm_su, draws @ gen_su, observed)
 
 
+def stratified_draws(images_per_subject: np.ndarray, spec: BootstrapSpec) -> np.ndarray:
+    """The (replicates, S) draws for ``images_per_subject`` (S, G), each subject in its group's stratum.
+
+    Subjects without enrolled images take no part (stratum -1, never drawn). The draws depend on
+    the grouping and the seed only, so one set serves every threshold of an analysis.
+    """
+    n_sg = np.asarray(images_per_subject, np.float64)
+    strata = np.where(n_sg.sum(axis=1) > 0, np.argmax(n_sg, axis=1), -1)
+    return subject_draws(strata, spec.replicates, spec.seed)
+
+
 def bootstrap_rates(
     stats: PairStatistics,
     images_per_subject: np.ndarray,
@@ -143,19 +154,20 @@ def bootstrap_rates(
     threshold: Threshold,
     spec: BootstrapSpec,
     alpha: float,
+    draws: np.ndarray | None = None,
 ) -> RateIntervals | None:
     """Intervals for each group's FMR and FNMR and for the summary measures; None if the threshold is binned.
 
     ``images_per_subject`` is (S, G): enrolled images of each subject in each group, with subjects
-    coded as in ``stats`` (the codes its genuine pairs and tail carry).
+    coded as in ``stats`` (the codes its genuine pairs and tail carry). ``draws``: from
+    :func:`stratified_draws` (computed here when not given).
     """
     if not threshold.exact:
         return None
     n_sg = np.asarray(images_per_subject, np.float64)
     g = n_sg.shape[1]
-    # subjects without enrolled images take no part (stratum -1, never drawn)
-    strata = np.where(n_sg.sum(axis=1) > 0, np.argmax(n_sg, axis=1), -1)
-    draws = subject_draws(strata, spec.replicates, spec.seed)
+    if draws is None:
+        draws = stratified_draws(n_sg, spec)
     rc = replicate_counts(stats, n_sg, threshold, draws)
     fm_obs, imp_obs, fnm_obs, gen_obs = rc.observed
     with np.errstate(divide="ignore", invalid="ignore"):

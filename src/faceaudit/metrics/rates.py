@@ -27,6 +27,9 @@ import numpy as np
 from faceaudit.scoring.groups import cell_index
 from faceaudit.scoring.stats import PairStatistics
 
+#: A target FMR is evaluated only when at least this many false matches are expected at it; a group's
+#: FMR is ranked against other groups' only under the same condition on its own impostor pairs.
+MIN_EXPECTED_FALSE_MATCHES = 10
 
 @dataclass(frozen=True)
 class Threshold:
@@ -207,3 +210,32 @@ def det_curve(stats: PairStatistics, group: int, max_points: int = 400) -> DetCu
         live = np.array([best])
     pick = live[np.unique(np.linspace(0, len(live) - 1, min(max_points, len(live))).round().astype(int))]
     return DetCurve(edges[pick], fmr[pick], fnmr[pick], eer, float(edges[best]))
+
+
+@dataclass(frozen=True)
+class ScoreHistogram:
+    """Counts of a group's genuine and within-group impostor scores in ``len(edges) - 1`` equal bins."""
+
+    edges: np.ndarray
+    genuine: np.ndarray
+    impostor: np.ndarray
+
+
+def score_histogram(stats: PairStatistics, group: int, n_bins: int = 100) -> ScoreHistogram:
+    """A group's score distributions, coarsened from the evaluation's fine bins.
+
+    The fine impostor histogram is summed in runs of ``stats.bins.n // n_bins`` bins (``n_bins`` is
+    lowered to a divisor of the fine bin count), so impostor counts are exact per coarse bin; genuine
+    scores use the same edges and the same bin rule (:meth:`ScoreBins.index`). Both sum to the group's
+    pair counts.
+    """
+    n_fine = stats.bins.n
+    n_bins = max(1, min(n_bins, n_fine))
+    while n_fine % n_bins:
+        n_bins -= 1
+    step = n_fine // n_bins
+    c = int(cell_index(group, group, stats.n_groups))
+    imp = stats.impostor_hist[c].reshape(n_bins, step).sum(axis=1)
+    scores, cells, _ = stats.genuine()
+    gen = np.bincount(stats.bins.index(scores[cells == c]) // step, minlength=n_bins)
+    return ScoreHistogram(stats.bins.edges[::step], gen.astype(np.int64), imp.astype(np.int64))

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from faceaudit.metrics.bootstrap import BootstrapSpec, RateIntervals, bootstrap_rates
+from faceaudit.metrics.bootstrap import BootstrapSpec, RateIntervals, bootstrap_rates, stratified_draws
 from faceaudit.metrics.permutation import PermutationTest, permutation_test
 from faceaudit.metrics.rates import (
     CellCounts,
     DetCurve,
+    ScoreHistogram,
     ScoreMoments,
     Threshold,
     counts_at,
@@ -24,12 +25,13 @@ from faceaudit.metrics.rates import (
     global_threshold,
     group_threshold,
     moments,
+    score_histogram,
 )
 from faceaudit.metrics.summary import Summary, summarise
 from faceaudit.scoring.groups import Grouping
 from faceaudit.scoring.stats import PairStatistics
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def _clean(x: Any) -> Any:
@@ -88,6 +90,7 @@ class Analysis:
     moments: list[ScoreMoments]
     det: list[DetCurve]
     genuine_cross_group: int
+    histograms: list[ScoreHistogram] = field(default_factory=list)
 
     def group_table(self) -> pd.DataFrame:
         """One row per (target FMR, group): rates, counts, threshold shift, score statistics."""
@@ -171,6 +174,9 @@ class Analysis:
                 "genuine_mean": m.genuine_mean, "genuine_std": m.genuine_std,
                 "impostor_mean": m.impostor_mean, "impostor_std": m.impostor_std, "d_prime": m.d_prime,
                 "det": {"threshold": d.threshold, "fmr": d.fmr, "fnmr": d.fnmr},
+                "score_histogram": None if not self.histograms else {
+                    "edges": self.histograms[i].edges, "genuine": self.histograms[i].genuine,
+                    "impostor": self.histograms[i].impostor},
             })
         out: dict[str, Any] = _clean({
             "attributes": list(self.grouping.attributes),
@@ -193,6 +199,9 @@ def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts]
     g = grouping.n_groups
     ops = []
     cross = 0
+    draws = None
+    if bootstrap is not None and images_per_subject is not None and bootstrap.replicates > 0:
+        draws = stratified_draws(images_per_subject, bootstrap)
     for target in sorted(target_fmrs, reverse=True):
         t = global_threshold(stats, target)
         c = counts_at(stats, t)
@@ -200,8 +209,8 @@ def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts]
         fm, imp = c.diagonal(g)
         summ = summarise(list(grouping.labels), fm, imp, c.false_non_matches, c.genuine_pairs, alpha)
         iv = None
-        if bootstrap is not None and images_per_subject is not None and bootstrap.replicates > 0:
-            iv = bootstrap_rates(stats, images_per_subject, list(grouping.labels), t, bootstrap, alpha)
+        if bootstrap is not None and images_per_subject is not None and draws is not None:
+            iv = bootstrap_rates(stats, images_per_subject, list(grouping.labels), t, bootstrap, alpha, draws)
         perm = None
         if images_per_subject is not None and permutations > 0 and g > 1:
             perm = permutation_test(stats, images_per_subject, t, permutations, bootstrap.seed if bootstrap else 0)
@@ -209,7 +218,7 @@ def analyse(stats: PairStatistics, grouping: Grouping, counts: list[GroupCounts]
                                   perm))
     return Analysis(grouping=grouping, counts=counts, operating_points=ops,
                     moments=[moments(stats, i) for i in range(g)], det=[det_curve(stats, i) for i in range(g)],
-                    genuine_cross_group=cross)
+                    genuine_cross_group=cross, histograms=[score_histogram(stats, i) for i in range(g)])
 
 
 @dataclass

@@ -194,3 +194,13 @@ def compare_embeddings(
     for p in parts[1:]:
         total.merge(p)
     return total
+
+
+def score_pairs(emb: np.ndarray, index_a: np.ndarray, index_b: np.ndarray, chunk: int = 262_144) -> np.ndarray:
+    """Cosine similarity of listed pairs of rows of L2-normalised ``emb``: row-wise dot products, in chunks
+    so that memory stays at two (chunk, D) slices whatever the number of pairs."""
+    out = np.empty(len(index_a), np.float32)
+    for s in range(0, len(index_a), chunk):
+        a, b = emb[index_a[s:s + chunk]], emb[index_b[s:s + chunk]]
+        out[s:s + chunk] = np.einsum("ij,ij->i", a, b)
+    return out

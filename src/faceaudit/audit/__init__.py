@@ -1,0 +1,1 @@
+"""``faceaudit audit``: one config file (or flags) to a reproducible, signed bias report."""

@@ -1,0 +1,285 @@
+"""Run an audit: read the data, embed (or take embeddings or scores), evaluate, and write the report.
+
+The report folder is built in a temporary sibling folder and moved into place only when complete,
+so an interrupted audit never leaves a half-written report; the embedding cache keeps every image
+already embedded, so a rerun resumes. What could not be used (unreadable images, faces not found,
+pairs naming unknown images, attributes not in the data, target FMRs the data cannot support) is
+left out, counted with its reason, and stated in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from faceaudit import __version__
+from faceaudit.audit.config import AuditConfig
+from faceaudit.errors import InputError
+from faceaudit.evaluate import evaluate_frame, evaluate_listed_pairs, evaluate_scores
+from faceaudit.io.datasets import Dataset, file_sha256, join_attributes, load_dataset
+from faceaudit.io.embeddings import read_embeddings
+from faceaudit.io.scores import read_score_manifest
+from faceaudit.metrics.result import EvaluationResult
+from faceaudit.metrics.verification import kfold_accuracy
+from faceaudit.report.provenance import machine, merkle_root
+
+#: Files of a report folder besides the integrity files; a folder holding none of them is not replaced.
+REPORT_FILES = ("report.html", "results.json", "summary.md", "provenance.json", "config.toml", "left_out.csv")
+EXAMPLES = 5
+
+
+@dataclass
+class AuditOutcome:
+    out: Path
+    results: dict[str, Any]
+    provenance: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Inputs:
+    """What the evaluation step produced, with everything the report states about the data."""
+
+    result: EvaluationResult
+    images: pd.DataFrame  # per image: path, subject_id, ok, reason, message (empty for score files)
+    image_hashes: list[tuple[str, str]]
+    files: dict[str, dict[str, str]]
+    listing_sha256: str | None
+    engine: dict[str, Any] | None
+    protocol: dict[str, Any] | None = None
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
+                      warn: Callable[[str], None]) -> list[list[str]]:
+    """The analyses whose attributes are all columns of the data; the others are left out and stated."""
+    usable = []
+    for g in cfg.groupings():
+        missing = [a for a in g if a not in columns]
+        if missing:
+            reason = (f"attribute(s) {', '.join(missing)} not in the data (label columns: "
+                      f"{', '.join(columns) or 'none'})")
+            left_out.append({"what": "analysis", "item": " x ".join(g), "count": 1, "reason": reason, "examples": []})
+            warn(f"analysis by {' x '.join(g)} left out: {reason}")
+        else:
+            usable.append(g)
+    if not usable:
+        raise InputError("none of the groups asked for can be formed: "
+                         + "; ".join(x["reason"] for x in left_out if x["what"] == "analysis"))
+    return usable
+
+
+def _failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    bad = frame[~frame["ok"]]
+    out = []
+    for reason, rows in bad.groupby("reason", sort=True):
+        out.append({"what": "images", "item": "failed to enrol", "count": len(rows), "reason": str(reason),
+                    "examples": [f"{p}: {m}" for p, m in zip(rows["path"][:EXAMPLES], rows["message"][:EXAMPLES],
+                                                              strict=True)]})
+    return out
+
+
+def _protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | None:
+    """Accuracy on the dataset's protocol pairs; a pair with an image that failed to enrol counts as a non-match."""
+    if ds.protocol is None:
+        return None
+    pr = ds.protocol
+    ok = frame["ok"].to_numpy(bool)
+    emb = np.zeros((len(frame), len(next(v for v in frame["embedding"] if v is not None))), np.float32)
+    emb[ok] = np.stack([np.asarray(v, np.float32) for v in frame.loc[ok, "embedding"]])
+    scores = np.einsum("ij,ij->i", emb[pr.index_a], emb[pr.index_b]).astype(np.float64)
+    failed = ~(ok[pr.index_a] & ok[pr.index_b])
+    scores[failed] = -np.inf
+    acc = kfold_accuracy(scores, pr.same, pr.fold)
+    return {"name": pr.name, "accuracy": acc.mean, "standard_error": acc.standard_error,
+            "fold_accuracy": list(acc.fold_accuracy), "pairs": len(scores), "pairs_failed": int(failed.sum()),
+            "rule": "a pair with an image that failed to enrol is decided as a non-match"}
+
+
+def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> _Inputs:
+    from faceaudit.api import embed
+
+    d, s, u = cfg.dataset, cfg.system, cfg.uncertainty
+    left_out: list[dict[str, Any]] = []
+    notes: list[str] = []
+    ds: Dataset | None = None
+    files: dict[str, dict[str, str]] = {}
+    if s.embeddings:
+        frame, meta = read_embeddings(s.embeddings)
+        files["embeddings"] = {"path": s.embeddings, "sha256": file_sha256(s.embeddings)}
+        if d.attributes:
+            frame = join_attributes(frame, Path(d.attributes), notes)
+            files["attributes"] = {"path": d.attributes, "sha256": file_sha256(d.attributes)}
+        listing = None
+        labels = [c for c in frame.columns if c not in _FRAME_COLUMNS and not c.startswith("_")]
+        groupings = _usable_groupings(cfg, labels, left_out, warn)
+    else:
+        assert d.path is not None
+        ds = load_dataset(d.path, d.format, pairs=d.pairs, image_root=d.image_root, attributes=d.attributes)
+        notes += ds.notes
+        files.update(ds.files)
+        listing = ds.listing_sha256()
+        groupings = _usable_groupings(cfg, ds.label_columns, left_out, warn)  # before the slow part
+        cache: str | bool = cfg.run.cache
+        run = embed(ds.table, engine=s.engine, workers=cfg.run.workers, cache=cache, batch_size=cfg.run.batch_size,
+                    progress=progress)
+        frame, meta = run.frame, run.metadata
+        if len(frame) != len(ds.table):
+            raise InputError("the audit needs one face per image; it got several for some images")
+    left_out += _failures(frame)
+    targets, alpha = cfg.metrics.target_fmrs, cfg.metrics.alpha
+    source = {"dataset": d.path} if ds else {"embeddings": s.embeddings}
+    if ds is not None and ds.listed_pairs is not None:
+        lp = ds.listed_pairs
+        for reason, n in lp.problems.items():
+            if n:
+                left_out.append({"what": "pairs", "item": "listed pairs", "count": n, "reason": reason,
+                                 "examples": lp.examples.get(reason, [])[:EXAMPLES]})
+        if lp.label_mismatch:
+            notes.append(f"{lp.label_mismatch:,} listed pairs are labelled same/different contrary to their subject "
+                         "ids (kept; the subject ids decide), e.g. "
+                         + "; ".join(lp.examples.get("label_mismatch", [])[:EXAMPLES]))
+        result = evaluate_listed_pairs(frame, meta, lp.index_a, lp.index_b, groupings, target_fmrs=targets,
+                                       alpha=alpha,
+                                       excluded={k: v for k, v in lp.problems.items() if v}, inputs=source)
+    else:
+        result = evaluate_frame(frame, meta, groupings=groupings, bootstrap=u.bootstrap, permutations=u.permutations,
+                                seed=u.seed, impostor_sample=cfg.pairs.impostor_sample, progress=progress,
+                                inputs=source, target_fmrs=targets, alpha=alpha)
+    hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
+    images = frame[["path", "subject_id", "ok", "reason", "message"]]
+    return _Inputs(result, images, hashes, files, listing, meta.get("engine"),
+                   _protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes)
+
+
+_FRAME_COLUMNS = ("path", "subject_id", "sha256", "ok", "reason", "message", "embedding", "det_score", "face_index",
+                  "n_faces", "box", "landmarks")
+
+
+def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> _Inputs:
+    d, s = cfg.dataset, cfg.system
+    assert d.path is not None and s.scores is not None
+    table = read_score_manifest(d.path)
+    labels = [c for c in table.columns if c not in ("id", "subject_id", "path")]
+    left_out: list[dict[str, Any]] = []
+    groupings = _usable_groupings(cfg, labels, left_out, warn)
+    result = evaluate_scores(s.scores, d.path, groupings=groupings, higher_is_similar=not s.distance,
+                             target_fmrs=cfg.metrics.target_fmrs, alpha=cfg.metrics.alpha, progress=progress)
+    for reason, n in result.excluded.items():
+        if n:
+            left_out.append({"what": "pairs", "item": "score file rows", "count": n, "reason": reason, "examples": []})
+    files = {"manifest": {"path": d.path, "sha256": file_sha256(d.path)},
+             "scores": {"path": s.scores, "sha256": file_sha256(s.scores)}}
+    images = pd.DataFrame({"path": table["id"], "subject_id": table["subject_id"], "ok": True, "reason": None,
+                           "message": None})
+    return _Inputs(result, images, [], files, None, None, None, left_out, [])
+
+
+def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
+    s = cfg.system
+    if s.scores:
+        return {"kind": "score file", "name": s.name or "an external system (its score file)",
+                "scores": "distance (lower = more alike)" if s.distance else "similarity (higher = more alike)"}
+    kind = "embeddings file" if s.embeddings else "engine"
+    name = s.name or (f"{engine['name']} v{engine['version']}" if engine else "unknown")
+    return {"kind": kind, "name": name, "engine": engine}
+
+
+def _dataset(cfg: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
+    d = cfg.dataset
+    images = inputs.images
+    return {"name": d.name or (Path(d.path).name if d.path else "embeddings file"), "path": d.path,
+            "format": d.format, "labels": d.labels, "images": len(images),
+            "subjects": int(images["subject_id"].nunique()), "enrolled": int(images["ok"].sum()),
+            "min_subjects": cfg.groups.min_subjects}
+
+
+def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None = None, progress: bool = True,
+              echo: Callable[[str], None] | None = None) -> AuditOutcome:
+    """Run the audit described by ``config`` and write its report folder ``out``."""
+    from faceaudit.report.html import render_html
+    from faceaudit.report.integrity import sign_manifest, write_manifest
+    from faceaudit.report.summary import render_summary
+
+    say = echo or (lambda m: print(m, file=sys.stderr))
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        say(f"warning: {msg}")
+
+    config.check()
+    out = Path(out)
+    _check_out(out)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    inputs = _from_scores(config, progress, warn) if config.system.scores else _from_images(config, progress, warn)
+    for note in inputs.notes:
+        warn(note)
+    results = inputs.result.to_dict()
+    results["protocol"] = inputs.protocol
+    results["audit"] = {"title": config.title, "system": _system(config, inputs.engine),
+                        "dataset": _dataset(config, inputs), "left_out": inputs.left_out,
+                        "notes": inputs.notes}
+    provenance = {
+        "faceaudit_version": __version__,
+        "engine": inputs.engine,
+        "files": inputs.files,
+        "image_listing_sha256": inputs.listing_sha256,
+        "images_merkle_root": merkle_root(inputs.image_hashes) if inputs.image_hashes else None,
+        "images_hashed": len(inputs.image_hashes),
+        "merkle_rule": "RFC 6962 tree hash over leaves SHA-256(0x00 | path | 0x00 | image SHA-256), sorted by path",
+        "config": config.to_dict(),
+        "seed": config.uncertainty.seed,
+        "machine": machine(),
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": " ".join(sys.argv) if sys.argv else None,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        (tmp / "config.toml").write_text(config.to_toml())
+        (tmp / "summary.md").write_text(render_summary(results, provenance))
+        (tmp / "report.html").write_text(render_html(results, provenance, config.to_toml()))
+        failed = inputs.images[~inputs.images["ok"]]
+        failed.to_csv(tmp / "left_out.csv", index=False)
+        write_manifest(tmp)
+        if sign is not None:
+            sign_manifest(tmp, sign)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return AuditOutcome(out, results, provenance, warnings)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
+        raise InputError(f"{out} exists and is not a faceaudit report; choose another --out, or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished report into place; an older report there is replaced only after the new one is whole."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(old)
+    tmp.rename(out)
+    out.chmod(0o755)  # mkdtemp makes 0700 folders; a report is meant to be read
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
