@@ -300,3 +300,36 @@ def test_report_renders_in_headless_chromium(london: tuple[Path, AuditConfig], t
         driver.quit()
     pixels = np.asarray(Image.open(shot).convert("L"), np.float64)
     assert pixels.shape[1] >= 1000 and pixels.std() > 10  # a page with content, not a blank one
+
+
+def test_killed_audit_writes_nothing_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """SIGKILL mid-embedding: no report folder appears; the rerun reuses the cached images and completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from faceaudit.engines.cache import EmbeddingCache
+
+    env = {**os.environ, "FACEAUDIT_CACHE_DIR": str(tmp_path / "cache")}
+    cache = tmp_path / "cache" / "embeddings.sqlite"
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "faceaudit.cli", "audit", str(bundled_manifest()), "--by", "sex", "--fmr", "1e-2",
+           "--bootstrap", "0", "--permutations", "0", "--workers", "1", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None:
+        if cache.exists():
+            with EmbeddingCache(cache) as c:
+                done = len(c)
+            if done >= 20:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 20 <= done < 204, "the audit finished before it could be interrupted"
+    assert not out.exists() and not list(tmp_path.glob(".report*"))
+    subprocess.run(cmd, env=env, capture_output=True, check=True)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["images_from_cache"] >= done and verify_folder(out).ok

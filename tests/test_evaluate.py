@@ -383,3 +383,61 @@ def test_overall_fnmr_counts_every_genuine_pair() -> None:
     scores, _, _ = stats.genuine()
     assert c.genuine_pairs_all == len(scores) > c.genuine_pairs.sum()
     assert c.false_non_matches_all == int((scores < t.value).sum())
+
+
+def test_score_histograms_equal_numpy_histograms_of_the_naive_pairs() -> None:
+    from faceaudit.metrics.rates import score_histogram
+
+    table, emb = population()
+    g = assign_groups(table, ["sex"])
+    stats = stats_for(table, emb, ["sex"], top_k=100)
+    pairs = naive_pairs(table, emb, g.index)
+    for k in range(g.n_groups):
+        h = score_histogram(stats, k, n_bins=80)
+        assert len(h.edges) == 81 and h.edges[0] == -1.0 and h.edges[-1] == 1.0
+        mine = pairs[(pairs["ga"] == k) & (pairs["gb"] == k)]
+        for counts, kind in ((h.genuine, True), (h.impostor, False)):
+            ref, _ = np.histogram(mine.loc[mine["genuine"] == kind, "score"], bins=h.edges)
+            assert counts.sum() == len(mine[mine["genuine"] == kind])
+            assert np.abs(counts - ref).sum() <= 2  # a score within float32 rounding of an edge may move one bin
+    assert len(score_histogram(stats, 0, n_bins=7).edges) - 1 == 5  # lowered to a divisor of 20,000 bins
+
+
+def test_listed_pairs_are_the_only_ones_counted() -> None:
+    from faceaudit.evaluate import evaluate_listed_pairs
+
+    table, emb = population(40)
+    frame = table.assign(ok=True, embedding=list(emb))
+    frame.loc[3, "ok"] = False
+    frame.loc[3, "embedding"] = None
+    rng = np.random.default_rng(1)
+    ia, ib = rng.integers(0, len(frame), 3000), rng.integers(0, len(frame), 3000)
+    keep = ia != ib
+    ia, ib = ia[keep], ib[keep]
+    res = evaluate_listed_pairs(frame, {}, ia, ib, [["sex"]], target_fmrs=[1e-2])
+    failed = (ia == 3) | (ib == 3)
+    subj = frame["subject_id"].to_numpy()
+    op = res.analyses[0].operating_points[0]
+    assert res.excluded["pair_failed_to_enrol"] == failed.sum()
+    assert op.threshold.impostor_pairs == int((subj[ia] != subj[ib])[~failed].sum())
+    scores = np.einsum("ij,ij->i", emb[ia[~failed]], emb[ib[~failed]])
+    imp = scores[(subj[ia] != subj[ib])[~failed]]
+    assert op.threshold.false_matches == int((imp >= op.threshold.value).sum())
+
+
+def test_csv_score_file_with_bad_rows(tmp_path: Path) -> None:
+    """Ids keep leading zeros; unknown ids, self-pairs and unreadable scores are counted, the rest used."""
+    from faceaudit.io.scores import iter_pairs
+
+    pd.DataFrame({"id": ["007", "7", "010", "011"], "subject_id": ["a", "a", "b", "c"],
+                  "sex": ["F", "F", "M", "M"]}).to_csv(tmp_path / "m.csv", index=False)
+    rows = [("007", "7", "0.9"), ("007", "010", "0.2"), ("7", "011", "n/a"), ("007", "999", "0.5"),
+            ("010", "010", "0.1"), ("010", "011", "0.3")] * 200
+    pd.DataFrame(rows, columns=["id_a", "id_b", "score"]).to_csv(tmp_path / "p.csv", index=False)
+    (chunk,) = list(iter_pairs(tmp_path / "p.csv", pd.Series(["007", "7", "010", "011"])))
+    assert chunk.index_a[:6].tolist() == [0, 0, 1, 0, 2, 2] and chunk.index_b[:6].tolist() == [1, 2, 3, -1, 2, 3]
+    assert np.isnan(chunk.score[2]) and chunk.score[0] == 0.9
+    res = evaluate_scores(tmp_path / "p.csv", tmp_path / "m.csv", ["sex"], target_fmrs=[0.1], chunk_rows=500)
+    assert res.excluded == {"unknown_id": 200, "same_image": 200, "missing_score": 200}
+    op = res.analyses[0].operating_points[0]
+    assert op.threshold.impostor_pairs == 400 and op.counts.genuine_pairs_all == 200

@@ -244,7 +244,7 @@ def evaluate_scores(
     alpha: float = 0.5,
     n_bins: int = 20_000,
     top_k: int | None = None,
-    chunk_rows: int = 2_000_000,
+    chunk_rows: int = 1_000_000,
     progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate another system's comparison scores (pairs file + manifest), read in chunks.
@@ -257,16 +257,15 @@ def evaluate_scores(
     groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
     table = read_score_manifest(manifest)
     fine = assign_groups(table, _finest(groupings))
-    index = pd.Index(table["id"])
     subj = np.unique(table["subject_id"].to_numpy(), return_inverse=True)[1].astype(np.int32)
     sign = 1.0 if higher_is_similar else -1.0
     lo, hi, n_rows = np.inf, -np.inf, 0
-    for chunk in tqdm(iter_pairs(pairs, chunk_rows), desc="scores: range", unit="chunk", disable=not progress):
-        s = chunk["score"].to_numpy(np.float64) * sign  # pass 1: score range and count, for the bins and tail
+    for chunk in tqdm(iter_pairs(pairs, None, chunk_rows), desc="scores: range", unit="chunk", disable=not progress):
+        s = chunk.score * sign  # pass 1: score range and count, for the bins and tail
         s = s[np.isfinite(s)]
         if s.size:
             lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
-        n_rows += len(chunk)
+        n_rows += len(chunk.score)
     if not np.isfinite(lo):
         raise InputError(f"{pairs}: no finite scores")
     pad = (hi - lo) * 1e-6 or 1e-6
@@ -274,11 +273,10 @@ def evaluate_scores(
     targets, skipped = _supported(target_fmrs, n_rows)
     stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(n_rows, targets, top_k))
     excluded = {"unknown_id": 0, "same_image": 0, "missing_score": 0}
-    total = math.ceil(n_rows / chunk_rows)
-    for chunk in tqdm(iter_pairs(pairs, chunk_rows), desc="scores: fold", unit="chunk", total=total,
-                      disable=not progress):
-        ia, ib = index.get_indexer(chunk["id_a"]), index.get_indexer(chunk["id_b"])
-        s = chunk["score"].to_numpy(np.float64) * sign
+    for chunk in tqdm(iter_pairs(pairs, table["id"], chunk_rows), desc="scores: fold", unit="chunk",
+                      total=math.ceil(n_rows / chunk_rows), disable=not progress):
+        ia, ib = chunk.index_a, chunk.index_b
+        s = chunk.score * sign
         unknown = (ia < 0) | (ib < 0)
         same = ~unknown & (ia == ib)
         missing = ~unknown & ~same & ~np.isfinite(s)

@@ -60,6 +60,7 @@ class _Inputs:
     protocol: dict[str, Any] | None = None
     left_out: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    from_cache: int | None = None  # images whose embeddings came from the cache (a rerun resumes)
 
 
 def _usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
@@ -116,6 +117,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
     notes: list[str] = []
     ds: Dataset | None = None
     files: dict[str, dict[str, str]] = {}
+    from_cache = None
     if s.embeddings:
         frame, meta = read_embeddings(s.embeddings)
         files["embeddings"] = {"path": s.embeddings, "sha256": file_sha256(s.embeddings)}
@@ -135,7 +137,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
         cache: str | bool = cfg.run.cache
         run = embed(ds.table, engine=s.engine, workers=cfg.run.workers, cache=cache, batch_size=cfg.run.batch_size,
                     progress=progress)
-        frame, meta = run.frame, run.metadata
+        frame, meta, from_cache = run.frame, run.metadata, run.n_cached
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
     left_out += _failures(frame)
@@ -161,7 +163,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
     hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
     images = frame[["path", "subject_id", "ok", "reason", "message"]]
     return _Inputs(result, images, hashes, files, listing, meta.get("engine"),
-                   _protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes)
+                   _protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache)
 
 
 _FRAME_COLUMNS = ("path", "subject_id", "sha256", "ok", "reason", "message", "embedding", "det_score", "face_index",
@@ -246,6 +248,7 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
         "machine": machine(),
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),
+        "images_from_cache": inputs.from_cache,
         "command": " ".join(sys.argv) if sys.argv else None,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

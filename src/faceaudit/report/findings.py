@@ -94,6 +94,9 @@ class Headline:
         if w.fmr and b.fmr:
             out.append(f"{w.group} has {w.fmr / b.fmr:.2g} times the false match rate of {b.group}; "
                        f"{_chance(self.fpd_p_value, w.fmr_ci, b.fmr_ci)}.")
+        elif w.fmr:
+            out.append(f"{w.group} has false matches where none were seen for {b.group}; "
+                       f"{_chance(self.fpd_p_value, w.fmr_ci, b.fmr_ci)}.")
         fn = [g for g in self.groups if g.fnmr is not None and g.genuine_pairs and g.group in self.ranked]
         if len(fn) >= 2:
             hi = max(fn, key=lambda g: g.fnmr or 0.0)
