@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/faceaudit demo --out faceaudit-demo
+	@echo "Open faceaudit-demo/report.html in a browser; check it with: $(BIN)/faceaudit verify-report faceaudit-demo"
 
 test: $(STAMP) lint typecheck pytest
 
@@ -45,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/evaluate_scale.py
 	$(BIN)/python benchmarks/lfw_vs_pyeer.py
+	$(BIN)/python benchmarks/audit_lfw.py
+	$(BIN)/python benchmarks/audit_scores_memory.py
 	bash benchmarks/bob/run.sh
 
 # Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
