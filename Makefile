@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lfw_vs_pyeer.py
 	$(BIN)/python benchmarks/audit_lfw.py
 	$(BIN)/python benchmarks/audit_scores_memory.py
+	$(BIN)/python benchmarks/distributed_scale.py
 	bash benchmarks/bob/run.sh
 
 # Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).

@@ -19,7 +19,7 @@ import pandas as pd
 from faceaudit import __version__
 from faceaudit.engines.base import Engine, EnrolSettings, Face, FaceResult
 from faceaudit.engines.batch import ImageOutcome, embed_files
-from faceaudit.engines.cache import EmbeddingCache
+from faceaudit.engines.cache import EmbeddingCache, config_key
 from faceaudit.engines.calibration import Calibration, load_calibration
 from faceaudit.engines.registry import engine_spec
 from faceaudit.io.embeddings import write_embeddings
@@ -90,6 +90,20 @@ def outcomes_to_frame(inputs: pd.DataFrame, outcomes: Sequence[ImageOutcome]) ->
     return pd.DataFrame(rows)
 
 
+def _embed_on_cluster(cluster: Any, files: list[str], engine: str, settings: EnrolSettings,
+                      store: EmbeddingCache | None, batch_size: int, progress: bool,
+                      max_pixels: int) -> list[ImageOutcome]:
+    from faceaudit.distributed import enrol_on_cluster
+
+    got = enrol_on_cluster(cluster, files, list(range(len(files))), engine=engine, settings=settings,
+                           max_pixels=max_pixels, batch_size=batch_size, progress=progress)
+    by_index = {idx: ImageOutcome(sha, results) for idx, sha, results in got}
+    if store is not None:
+        key = config_key(engine_spec(engine).identity(), settings, max_pixels)
+        store.put_many([(o.sha256, key, o.results) for o in by_index.values() if o.sha256])
+    return [by_index[i] for i in range(len(files))]
+
+
 @dataclass(frozen=True)
 class EmbedRun:
     """The result of :func:`embed`: the rows written, the file's metadata, and counts."""
@@ -114,22 +128,28 @@ def embed(
     batch_size: int = 4,
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    cluster: Any = None,
 ) -> EmbedRun:
     """Embed every image of a folder (one subfolder per subject) or manifest; write Parquet to ``out``.
 
     ``source`` may also be a table already read (columns ``path``, ``subject_id``, ``_file``, as
     :func:`faceaudit.io.manifest.read_inputs` returns). ``cache``: True for the default cache file,
-    a path for another, False for none.
+    a path for another, False for none. ``cluster``: a ``distributed.Client``; workers then read and
+    enrol the images (from paths they must all see) and the results fill this machine's cache.
     """
     settings = settings or EnrolSettings()
     inputs = source if isinstance(source, pd.DataFrame) else read_inputs(source)
     spec = engine_spec(engine)
     store = None if cache is False else EmbeddingCache(None if cache is True else cache)
     try:
-        outcomes: list[ImageOutcome] = embed_files(
-            list(inputs[FILE_COLUMN]), engine=spec.name, settings=settings, workers=workers, cache=store,
-            batch_size=batch_size, progress=progress, max_pixels=max_pixels,
-        )
+        if cluster is not None:
+            outcomes = _embed_on_cluster(cluster, list(inputs[FILE_COLUMN]), spec.name, settings, store,
+                                         batch_size, progress, max_pixels)
+        else:
+            outcomes = embed_files(
+                list(inputs[FILE_COLUMN]), engine=spec.name, settings=settings, workers=workers, cache=store,
+                batch_size=batch_size, progress=progress, max_pixels=max_pixels,
+            )
     finally:
         if store is not None:
             store.close()

@@ -29,6 +29,16 @@ _policy_opts = [
 ]
 
 
+cluster_option = click.option(
+    "--cluster", default=None,
+    help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or local:N for N local workers "
+         "(default: $FACEAUDIT_CLUSTER, else this machine without Dask).")
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
 def policy_options(f: Any) -> Any:
     for opt in reversed(_policy_opts):
         f = opt(f)
@@ -91,16 +101,19 @@ def detect(images: tuple[str, ...], engine: str | None, as_json: bool) -> None:
               help="Embedding cache file (default: ~/.cache/faceaudit/embeddings.sqlite or $FACEAUDIT_CACHE_DIR).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@cluster_option
 @policy_options
 def embed(source: str, out: str, engine: str | None, workers: int | None, batch_size: int, cache_path: str | None,
-          no_cache: bool, quiet: bool, policy: str, min_score: float, min_face: float) -> None:
+          no_cache: bool, quiet: bool, cluster: str | None, policy: str, min_score: float, min_face: float) -> None:
     """Embed every image of SOURCE: a folder with one subfolder per subject, or a manifest (CSV or
     Parquet with `path` and `subject_id`). Writes one row per image to --out, failures with a reason."""
     from faceaudit.api import embed as run_embed
+    from faceaudit.distributed import cluster_client
 
     cache: str | bool = False if no_cache else (cache_path or True)
-    run = run_embed(source, out, engine=engine, settings=_settings(policy, min_score, min_face), workers=workers,
-                    cache=cache, batch_size=batch_size, progress=not quiet)
+    with cluster_client(cluster, _echo_err) as client:
+        run = run_embed(source, out, engine=engine, settings=_settings(policy, min_score, min_face),
+                        workers=workers, cache=cache, batch_size=batch_size, progress=not quiet, cluster=client)
     click.echo(f"{run.n_images} images: {run.n_ok} embedded, {run.n_images - run.n_ok} failed, "
                f"{run.n_cached} from cache -> {out}")
     for reason, n in sorted(run.reasons.items(), key=lambda kv: -kv[1]):
@@ -198,9 +211,10 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
               help="Also 1:N search metrics (FPIR, FNIR, rank-k) by probe group, from a gallery/probe split.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@cluster_option
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
              intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
-             impostor_sample: float | None, identification: bool, out: str, quiet: bool) -> None:
+             impostor_sample: float | None, identification: bool, out: str, quiet: bool, cluster: str | None) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
     from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_identification, evaluate_scores
 
@@ -213,10 +227,13 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
         result = evaluate_scores(scores, manifest, list(by), higher_is_similar=not distance, intersect=intersect,
                                  target_fmrs=targets, alpha=alpha)
     else:
+        from faceaudit.distributed import cluster_client
+
         assert embeddings is not None
-        result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
-                                     bootstrap=replicates, permutations=permutations, seed=seed,
-                                     impostor_sample=impostor_sample, progress=not quiet)
+        with cluster_client(cluster, _echo_err) as client:
+            result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
+                                         bootstrap=replicates, permutations=permutations, seed=seed,
+                                         impostor_sample=impostor_sample, progress=not quiet, cluster=client)
     if identification:
         if embeddings is None:
             raise click.UsageError("--identification needs --embeddings (it searches a gallery)")
@@ -285,12 +302,13 @@ def _pair_list(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
 @click.option("--sign", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ed25519 private key (from `faceaudit keygen`): sign the report's manifest.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@cluster_option
 def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | None, pairs: str | None,
           attributes: str | None, labels: str | None, engine: str | None, embeddings: str | None,
           scores: str | None, distance: bool | None, system_name: str | None, by: tuple[str, ...],
           intersections: tuple[str, ...], fmrs: tuple[float, ...], bootstrap: int | None, permutations: int | None,
           seed: int | None, impostor_sample: float | None, workers: int | None, no_cache: bool | None,
-          title: str | None, sign: str | None, quiet: bool) -> None:
+          title: str | None, sign: str | None, quiet: bool, cluster: str | None) -> None:
     """Audit a face recognition system for demographic bias and write a signed, reproducible report.
 
     DATASET: a manifest (CSV/Parquet: path, subject_id, label columns), a folder with one subfolder per
@@ -318,7 +336,7 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
     cfg = cfg.override("metrics", target_fmrs=fmrs or None)
     cfg = cfg.override("pairs", impostor_sample=impostor_sample)
     cfg = cfg.override("uncertainty", bootstrap=bootstrap, permutations=permutations, seed=seed)
-    cfg = cfg.override("run", workers=workers, cache=False if no_cache else None)
+    cfg = cfg.override("run", workers=workers, cache=False if no_cache else None, cluster=cluster)
     res = run_audit(cfg, out, sign=sign, progress=not quiet, echo=lambda m: click.echo(m, err=True))
     for line in _audit_lines(res.results):
         click.echo(line)

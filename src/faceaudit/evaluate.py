@@ -21,7 +21,7 @@ from faceaudit.io.scores import iter_pairs, read_score_manifest
 from faceaudit.metrics.bootstrap import BootstrapSpec
 from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
-from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, compare_embeddings, score_pairs
+from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, plan_comparison, run_plan, score_pairs
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
 
@@ -141,6 +141,7 @@ def evaluate_embeddings(
     seed: int = 0,
     impostor_sample: float | None = None,
     progress: bool = False,
+    cluster: Any = None,
 ) -> EvaluationResult:
     """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
 
@@ -151,7 +152,7 @@ def evaluate_embeddings(
     return evaluate_frame(df, meta, by, groupings=groupings, intersect=intersect, target_fmrs=target_fmrs,
                           alpha=alpha, bins=bins, top_k=top_k, bootstrap=bootstrap, permutations=permutations,
                           seed=seed, impostor_sample=impostor_sample, progress=progress,
-                          inputs={"embeddings": str(path)})
+                          inputs={"embeddings": str(path)}, cluster=cluster)
 
 
 def evaluate_frame(
@@ -171,6 +172,7 @@ def evaluate_frame(
     impostor_sample: float | None = None,
     progress: bool = False,
     inputs: dict[str, Any] | None = None,
+    cluster: Any = None,
 ) -> EvaluationResult:
     """Evaluate the rows of an embeddings file (as read by ``read_embeddings``): all pairs of enrolled images.
 
@@ -178,6 +180,7 @@ def evaluate_frame(
     shuffles of group labels between subjects test FPD and FND (0: none). ``impostor_sample``: keep
     each impostor pair with this probability (declared in the result; genuine pairs are all kept).
     Intervals and permutation tests assume all pairs, so they are not computed for a sample.
+    ``cluster``: a ``distributed.Client`` to run the comparison on (:mod:`faceaudit.distributed`).
     """
     groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
     fine = assign_groups(df, _finest(groupings))
@@ -193,8 +196,13 @@ def evaluate_frame(
     # a Bernoulli sample may hold more pairs than expected: six standard deviations of margin
     margin = n_expected + (6 * math.sqrt(n_pairs * sample.rate * (1 - sample.rate)) if sample else 0)
     k = _tail_size(int(margin), targets, top_k)
-    stats = compare_embeddings(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k,
-                               progress=progress, sample=sample)
+    plan = plan_comparison(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k, sample=sample)
+    if cluster is not None:
+        from faceaudit.distributed import run_plan_on_cluster
+
+        stats = run_plan_on_cluster(cluster, plan, progress=progress)
+    else:
+        stats = run_plan(plan, progress=progress)
     if stats.n_impostor.sum() == 0:
         raise InputError("no impostor pairs: all enrolled images belong to one subject")
     spec = BootstrapSpec(replicates=0 if sample else bootstrap, seed=seed)

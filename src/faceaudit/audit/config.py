@@ -9,7 +9,7 @@ Sections and keys (all optional except where said; see ``examples/audit.toml``):
     [metrics]      target_fmrs, alpha
     [pairs]        impostor_sample (probability of keeping each impostor pair; default all pairs)
     [uncertainty]  bootstrap, permutations, seed
-    [run]          workers, cache (true, false or a file), batch_size
+    [run]          workers, cache (true, false or a file), batch_size, cluster (local:N or a Dask scheduler)
 
 Relative paths are relative to the config file's folder. Unknown sections or keys, and values of
 the wrong type, are errors that name the key, so a typo never silently changes an audit. The
@@ -86,6 +86,7 @@ class RunConfig:
     workers: int | None = None
     cache: bool | str = True
     batch_size: int = 4
+    cluster: str | None = None  # local:N or a scheduler address; $FACEAUDIT_CLUSTER when unset
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def _protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | Non
             "rule": "a pair with an image that failed to enrol is decided as a non-match"}
 
 
-def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> _Inputs:
+def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], client: Any = None) -> _Inputs:
     from faceaudit.api import embed
 
     d, s, u = cfg.dataset, cfg.system, cfg.uncertainty
@@ -136,7 +136,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
         groupings = _usable_groupings(cfg, ds.label_columns, left_out, warn)  # before the slow part
         cache: str | bool = cfg.run.cache
         run = embed(ds.table, engine=s.engine, workers=cfg.run.workers, cache=cache, batch_size=cfg.run.batch_size,
-                    progress=progress)
+                    progress=progress, cluster=client)
         frame, meta, from_cache = run.frame, run.metadata, run.n_cached
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
@@ -159,7 +159,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
     else:
         result = evaluate_frame(frame, meta, groupings=groupings, bootstrap=u.bootstrap, permutations=u.permutations,
                                 seed=u.seed, impostor_sample=cfg.pairs.impostor_sample, progress=progress,
-                                inputs=source, target_fmrs=targets, alpha=alpha)
+                                inputs=source, target_fmrs=targets, alpha=alpha, cluster=client)
     hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
     images = frame[["path", "subject_id", "ok", "reason", "message"]]
     return _Inputs(result, images, hashes, files, listing, meta.get("engine"),
@@ -227,7 +227,13 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
     _check_out(out)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    inputs = _from_scores(config, progress, warn) if config.system.scores else _from_images(config, progress, warn)
+    if config.system.scores:
+        inputs = _from_scores(config, progress, warn)
+    else:
+        from faceaudit.distributed import cluster_client
+
+        with cluster_client(config.run.cluster, say) as client:
+            inputs = _from_images(config, progress, warn, client)
     for note in inputs.notes:
         warn(note)
     results = inputs.result.to_dict()

@@ -113,6 +113,11 @@ class EnrolSettings:
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.value, "min_det_score": self.min_det_score, "min_face_px": self.min_face_px}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnrolSettings:
+        return cls(policy=FacePolicy(d["policy"]), min_det_score=float(d["min_det_score"]),
+                   min_face_px=float(d["min_face_px"]))
+
 
 #: Reasons a face fails to enrol (``FaceResult.reason``); image-level reasons come from faceaudit.io.images.
 FTE_REASONS = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from faceaudit.engines.base import Engine, EnrolSettings, FacePolicy, FaceResult
+from faceaudit.engines.base import Engine, EnrolSettings, FaceResult
 from faceaudit.engines.registry import engine_spec
 from faceaudit.errors import ImageError
 from faceaudit.io.images import decode_image
@@ -53,10 +53,7 @@ _WORKER: dict[str, Any] = {}
 
 def init_worker(engine_name: str, settings: dict[str, Any], max_pixels: int) -> None:
     _WORKER["engine"] = engine_spec(engine_name).load(1)
-    _WORKER["settings"] = EnrolSettings(
-        policy=FacePolicy(settings["policy"]), min_det_score=settings["min_det_score"],
-        min_face_px=settings["min_face_px"],
-    )
+    _WORKER["settings"] = EnrolSettings.from_dict(settings)
     _WORKER["max_pixels"] = max_pixels
     release_free_memory()
 

@@ -14,6 +14,7 @@ this size measured fastest here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -141,6 +142,66 @@ def _fold_pairs(stats: PairStatistics, scores: np.ndarray, sa: np.ndarray, sb: n
     stats.add_impostor_block(scores[imp], cell, sa[imp], sb[imp])
 
 
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """Embeddings ordered by group then subject, and the blocks that cover every pair once.
+
+    Both the thread pool here and a Dask cluster (:mod:`faceaudit.distributed`) run a plan: each
+    worker folds some blocks into its own statistics, and the partial statistics merge exactly.
+    """
+
+    emb: np.ndarray
+    subjects: np.ndarray
+    blocks: list[Block]
+    n_groups: int
+    bins: ScoreBins
+    top_k: int
+    sample: ImpostorSample | None
+
+    @property
+    def pairs(self) -> int:
+        return sum(b.pairs for b in self.blocks)
+
+    def empty(self) -> PairStatistics:
+        return PairStatistics(n_groups=self.n_groups, bins=self.bins, top_k=self.top_k)
+
+
+def plan_comparison(
+    embeddings: np.ndarray,
+    subjects: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    *,
+    bins: ScoreBins | None = None,
+    top_k: int = 1_000_000,
+    row_block: int = ROW_BLOCK,
+    col_block: int = COL_BLOCK,
+    sample: ImpostorSample | None = None,
+) -> ComparisonPlan:
+    """Order rows by group then subject and plan the blocks (see :func:`compare_embeddings`)."""
+    emb = np.ascontiguousarray(embeddings, np.float32)
+    subjects = np.asarray(subjects, np.int32)
+    groups = np.asarray(groups, np.int32)
+    n = len(emb)
+    if not (len(subjects) == len(groups) == n):
+        raise ValueError(f"{n} embeddings, {len(subjects)} subjects, {len(groups)} groups: lengths differ")
+    order = np.lexsort((subjects, groups))
+    emb, subjects, groups = emb[order], subjects[order], groups[order]
+    starts = np.searchsorted(groups, np.arange(n_groups + 1))
+    return ComparisonPlan(emb, subjects, plan_blocks(starts, n_groups, row_block, col_block), n_groups,
+                          bins or ScoreBins(), top_k, sample)
+
+
+def fold_blocks(emb: np.ndarray, subjects: np.ndarray, blocks: list[tuple[int, Block]], stats: PairStatistics,
+                sample: ImpostorSample | None = None, done: Callable[[int], object] | None = None) -> PairStatistics:
+    """Fold the numbered blocks into ``stats`` (single-threaded BLAS is the caller's choice); returns it."""
+    for index, blk in blocks:
+        fold_block(stats, emb, subjects, blk, index, sample)
+        if done is not None:
+            done(blk.pairs)
+    return stats
+
+
 def compare_embeddings(
     embeddings: np.ndarray,
     subjects: np.ndarray,
@@ -163,26 +224,21 @@ def compare_embeddings(
     ``sample``: a declared sampling of impostor pairs (all pairs when None); the sample depends on the
     block sizes, which are part of the declaration.
     """
-    emb = np.ascontiguousarray(embeddings, np.float32)
-    subjects = np.asarray(subjects, np.int32)
-    groups = np.asarray(groups, np.int32)
-    n = len(emb)
-    if not (len(subjects) == len(groups) == n):
-        raise ValueError(f"{n} embeddings, {len(subjects)} subjects, {len(groups)} groups: lengths differ")
-    order = np.lexsort((subjects, groups))
-    emb, subjects, groups = emb[order], subjects[order], groups[order]
-    starts = np.searchsorted(groups, np.arange(n_groups + 1))
-    blocks = plan_blocks(starts, n_groups, row_block, col_block)
+    plan = plan_comparison(embeddings, subjects, groups, n_groups, bins=bins, top_k=top_k, row_block=row_block,
+                           col_block=col_block, sample=sample)
+    return run_plan(plan, threads=threads, progress=progress)
+
+
+def run_plan(plan: ComparisonPlan, *, threads: int | None = None, progress: bool = False) -> PairStatistics:
+    """Run a plan on this machine's threads."""
     threads = max(1, threads or os.cpu_count() or 1)
-    bins = bins or ScoreBins()
-    parts = [PairStatistics(n_groups=n_groups, bins=bins, top_k=top_k) for _ in range(threads)]
-    bar = tqdm(total=sum(b.pairs for b in blocks), desc="compare", unit="pair", unit_scale=True,
-               disable=not progress, leave=False)
+    numbered = list(enumerate(plan.blocks))
+    bar = tqdm(total=plan.pairs, desc="compare", unit="pair", unit_scale=True, disable=not progress, leave=False)
+    # interleaved shares balance the work
+    parts = [plan.empty() for _ in range(threads)]
 
     def run(k: int) -> None:
-        for index in range(k, len(blocks), threads):  # interleaved shares balance the work
-            fold_block(parts[k], emb, subjects, blocks[index], index, sample)
-            bar.update(blocks[index].pairs)
+        fold_blocks(plan.emb, plan.subjects, numbered[k::threads], parts[k], plan.sample, bar.update)
 
     try:
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
