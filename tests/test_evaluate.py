@@ -441,3 +441,31 @@ def test_csv_score_file_with_bad_rows(tmp_path: Path) -> None:
     assert res.excluded == {"unknown_id": 200, "same_image": 200, "missing_score": 200}
     op = res.analyses[0].operating_points[0]
     assert op.threshold.impostor_pairs == 400 and op.counts.genuine_pairs_all == 200
+
+
+def test_score_file_targets_count_only_usable_impostor_pairs(tmp_path: Path) -> None:
+    """Rows with unknown ids do not make a small target FMR look supported."""
+    ids = [f"i{k}" for k in range(60)]
+    pd.DataFrame({"id": ids, "subject_id": [f"s{k // 2}" for k in range(60)], "sex": ["F", "M"] * 30}).to_csv(
+        tmp_path / "m.csv", index=False)
+    ia, ib = np.triu_indices(60, k=1)
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"id_a": np.array(ids)[ia], "id_b": np.array(ids)[ib], "score": rng.random(len(ia))})
+    junk = pd.DataFrame({"id_a": ["nobody"] * 50_000, "id_b": ids[:1] * 50_000, "score": 0.5})
+    pd.concat([real, junk]).to_csv(tmp_path / "p.csv", index=False)
+    res = evaluate_scores(tmp_path / "p.csv", tmp_path / "m.csv", ["sex"], target_fmrs=[1e-2, 1e-3])
+    assert res.settings["target_fmrs"] == [1e-2]  # 1,740 impostor pairs support 1e-2, not 1e-3
+    assert "1,740 impostor pairs" in res.settings["skipped_targets"][0]["reason"]
+    pd.DataFrame({"id": ["a", "b"], "subject_id": ["x", ""]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match="empty 'subject_id' on line"):
+        evaluate_scores(tmp_path / "p.csv", tmp_path / "bad.csv", ["sex"])
+
+
+def test_nothing_enrolled_is_a_clear_error() -> None:
+    from faceaudit.evaluate import evaluate_frame
+
+    frame = pd.DataFrame({"path": ["a", "b", "c"], "subject_id": ["1", "2", "3"], "sex": ["F", "M", "F"],
+                          "ok": [False, False, True], "reason": ["missing_file", "missing_file", None],
+                          "embedding": [None, None, np.ones(4, np.float32) / 2]})
+    with pytest.raises(InputError, match=r"only 1 of 3 images enrolled \(failures: 2 missing_file\)"):
+        evaluate_frame(frame, {}, ["sex"])

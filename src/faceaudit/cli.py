@@ -216,7 +216,8 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
              intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
              impostor_sample: float | None, identification: bool, out: str, quiet: bool, cluster: str | None) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
-    from faceaudit.evaluate import DEFAULT_FMRS, evaluate_embeddings, evaluate_identification, evaluate_scores
+    from faceaudit.evaluate import evaluate_embeddings, evaluate_identification, evaluate_scores
+    from faceaudit.metrics.rates import DEFAULT_FMRS
 
     targets = list(fmrs) or list(DEFAULT_FMRS)
     if (embeddings is None) == (scores is None):
@@ -264,7 +265,7 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
     click.echo(f"written: {out}")
 
 
-def _pair_list(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
+def _intersections(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | None:
     return tuple(tuple(a.strip() for a in v.split(",") if a.strip()) for v in values) or None
 
 
@@ -332,7 +333,7 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
         cfg = cfg.override("dataset", format="pairs")
     cfg = cfg.override("system", engine=engine, embeddings=here(embeddings), scores=here(scores), distance=distance,
                        name=system_name)
-    cfg = cfg.override("groups", by=by or None, intersections=_pair_list(intersections))
+    cfg = cfg.override("groups", by=by or None, intersections=_intersections(intersections))
     cfg = cfg.override("metrics", target_fmrs=fmrs or None)
     cfg = cfg.override("pairs", impostor_sample=impostor_sample)
     cfg = cfg.override("uncertainty", bootstrap=bootstrap, permutations=permutations, seed=seed)

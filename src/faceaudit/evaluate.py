@@ -19,13 +19,12 @@ from faceaudit.errors import InputError
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings
 from faceaudit.io.scores import iter_pairs, read_score_manifest
 from faceaudit.metrics.bootstrap import BootstrapSpec
-from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
+from faceaudit.metrics.rates import DEFAULT_FMRS, MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
 from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, plan_comparison, run_plan, score_pairs
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
 
-DEFAULT_FMRS = (1e-3, 1e-4, 1e-5, 1e-6)
 MAX_TAIL = 5_000_000
 
 
@@ -116,11 +115,22 @@ def _uncertainty(spec: BootstrapSpec) -> dict[str, Any]:
 
 def _settings(by: Sequence[str], intersect: bool, groupings: Sequence[Sequence[str]], targets: Sequence[float],
               skipped: list[dict[str, Any]], alpha: float, bins: ScoreBins, tail: int, impostor_pairs: str,
-              scores: str) -> dict[str, Any]:
-    return {"by": list(by), "intersect": intersect, "groupings": [list(g) for g in groupings],
+              scores: str, pairs_mode: str, score_kind: str = "similarity") -> dict[str, Any]:
+    """``pairs_mode``: all | sample | listed | score_file; ``score_kind``: similarity | negated_distance."""
+    return {"by": list(by) or _finest(groupings), "intersect": intersect, "groupings": [list(g) for g in groupings],
             "target_fmrs": list(targets), "skipped_targets": skipped, "alpha": alpha,
             "score_bins": {"lo": bins.lo, "hi": bins.hi, "n": bins.n}, "tail_size": tail,
-            "impostor_pairs": impostor_pairs, "scores": scores}
+            "impostor_pairs": impostor_pairs, "scores": scores, "pairs_mode": pairs_mode, "score_kind": score_kind}
+
+
+def _enrolled_or_fail(df: pd.DataFrame, ok: np.ndarray) -> None:
+    """Stop early, saying why, when fewer than two images enrolled."""
+    if ok.sum() >= 2:
+        return
+    reasons = df.loc[~ok, "reason"].value_counts()
+    why = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "none given"
+    raise InputError(f"only {int(ok.sum())} of {len(df)} images enrolled (failures: {why}); nothing to compare. "
+                     "Check the image paths and files")
 
 
 COSINE = "cosine similarity; a pair matches when score >= threshold"
@@ -185,6 +195,7 @@ def evaluate_frame(
     groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
     fine = assign_groups(df, _finest(groupings))
     ok = df["ok"].to_numpy(bool)
+    _enrolled_or_fail(df, ok)
     subjects = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)[1].astype(np.int32)
     emb = embedding_matrix(df)
     n = len(emb)
@@ -221,7 +232,7 @@ def evaluate_frame(
                            "all" if sample is None else
                            f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed "
                            f"{sample.seed}, draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: "
-                           "all)", COSINE),
+                           "all)", COSINE, "all" if sample is None else "sample"),
         excluded={"failed_to_enrol": int((~ok).sum())},
     )
 
@@ -278,8 +289,8 @@ def evaluate_scores(
         raise InputError(f"{pairs}: no finite scores")
     pad = (hi - lo) * 1e-6 or 1e-6
     bins = ScoreBins(lo - pad, hi + pad, n_bins)
-    targets, skipped = _supported(target_fmrs, n_rows)
-    stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(n_rows, targets, top_k))
+    # the tail is sized for every row (an upper bound); targets are checked on the usable impostor pairs below
+    stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(n_rows, target_fmrs, top_k))
     excluded = {"unknown_id": 0, "same_image": 0, "missing_score": 0}
     for chunk in tqdm(iter_pairs(pairs, table["id"], chunk_rows), desc="scores: fold", unit="chunk",
                       total=math.ceil(n_rows / chunk_rows), disable=not progress):
@@ -295,6 +306,7 @@ def evaluate_scores(
         _fold_pairs(stats, fine, subj, ia[keep], ib[keep], s[keep])
     if stats.n_impostor.sum() == 0:
         raise InputError(f"{pairs}: no impostor pairs among the usable rows ({excluded})")
+    targets, skipped = _supported(target_fmrs, int(stats.n_impostor.sum()))
     ok = np.ones(len(table), bool)
     return EvaluationResult(
         uncertainty=dict(_NO_INTERVALS),
@@ -303,7 +315,8 @@ def evaluate_scores(
         settings=_settings(by, intersect, groupings, targets, skipped, alpha, bins, stats.top_k,
                            "as given in the pairs file",
                            "similarity (higher = more alike)" if higher_is_similar
-                           else "distance, negated: a pair matches when -distance >= threshold"),
+                           else "distance, negated: a pair matches when -distance >= threshold", "score_file",
+                           "similarity" if higher_is_similar else "negated_distance"),
         excluded=excluded,
     )
 
@@ -329,9 +342,12 @@ def evaluate_listed_pairs(
     fine = assign_groups(df, _finest(groupings))
     ok = df["ok"].to_numpy(bool)
     subjects = np.unique(df["subject_id"].astype(str).to_numpy(), return_inverse=True)[1].astype(np.int32)
+    _enrolled_or_fail(df, ok)
     ia, ib = np.asarray(index_a, np.int64), np.asarray(index_b, np.int64)
     usable = ok[ia] & ok[ib]
     ia, ib = ia[usable], ib[usable]
+    if len(ia) == 0:
+        raise InputError(f"none of the {len(index_a):,} listed pairs has two enrolled images; nothing to compare")
     row_of = np.full(len(df), -1, np.int64)
     row_of[ok] = np.arange(int(ok.sum()))
     emb = embedding_matrix(df)
@@ -345,8 +361,8 @@ def evaluate_listed_pairs(
         analyses=_build(df, ok, fine, stats, groupings, targets, alpha),
         inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": int(ok.sum()),
                 "pairs_listed": len(index_a)},
-        settings=_settings([a for g in groupings for a in g], False, groupings, targets, skipped, alpha, bins,
-                           stats.top_k, "as listed by the dataset", COSINE),
+        settings=_settings(_finest(groupings), False, groupings, targets, skipped, alpha, bins,
+                           stats.top_k, "as listed by the dataset", COSINE, "listed"),
         excluded={**(excluded or {}), "failed_to_enrol": int((~ok).sum()),
                   "pair_failed_to_enrol": int((~usable).sum())},
     )

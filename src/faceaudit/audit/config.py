@@ -30,8 +30,8 @@ from typing import Any
 import tomli_w
 
 from faceaudit.errors import InputError
+from faceaudit.metrics.rates import DEFAULT_FMRS
 
-DEFAULT_FMRS = (1e-3, 1e-4, 1e-5, 1e-6)
 DATASET_FORMATS = ("auto", "manifest", "folder", "lfw", "pairs")
 
 

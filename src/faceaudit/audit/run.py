@@ -27,15 +27,15 @@ from faceaudit import __version__
 from faceaudit.audit.config import AuditConfig
 from faceaudit.errors import InputError
 from faceaudit.evaluate import evaluate_frame, evaluate_listed_pairs, evaluate_scores
-from faceaudit.io.datasets import Dataset, file_sha256, join_attributes, load_dataset
-from faceaudit.io.embeddings import read_embeddings
+from faceaudit.io.datasets import Dataset, join_attributes, load_dataset
+from faceaudit.io.embeddings import CORE_COLUMNS, embedding_matrix, read_embeddings
+from faceaudit.io.images import sha256_file
 from faceaudit.io.scores import read_score_manifest
 from faceaudit.metrics.result import EvaluationResult
 from faceaudit.metrics.verification import kfold_accuracy
 from faceaudit.report.provenance import machine, merkle_root
+from faceaudit.scoring.compare import score_pairs
 
-#: Files of a report folder besides the integrity files; a folder holding none of them is not replaced.
-REPORT_FILES = ("report.html", "results.json", "summary.md", "provenance.json", "config.toml", "left_out.csv")
 EXAMPLES = 5
 
 
@@ -98,10 +98,12 @@ def _protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | Non
         return None
     pr = ds.protocol
     ok = frame["ok"].to_numpy(bool)
-    emb = np.zeros((len(frame), len(next(v for v in frame["embedding"] if v is not None))), np.float32)
-    emb[ok] = np.stack([np.asarray(v, np.float32) for v in frame.loc[ok, "embedding"]])
-    scores = np.einsum("ij,ij->i", emb[pr.index_a], emb[pr.index_b]).astype(np.float64)
-    failed = ~(ok[pr.index_a] & ok[pr.index_b])
+    emb = np.zeros((len(frame), embedding_matrix(frame).shape[1]), np.float32)
+    emb[ok] = embedding_matrix(frame)
+    found = (pr.index_a >= 0) & (pr.index_b >= 0)
+    ia, ib = np.where(found, pr.index_a, 0), np.where(found, pr.index_b, 0)
+    scores = score_pairs(emb, ia, ib).astype(np.float64)
+    failed = ~(found & ok[ia] & ok[ib])
     scores[failed] = -np.inf
     acc = kfold_accuracy(scores, pr.same, pr.fold)
     return {"name": pr.name, "accuracy": acc.mean, "standard_error": acc.standard_error,
@@ -120,12 +122,12 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
     from_cache = None
     if s.embeddings:
         frame, meta = read_embeddings(s.embeddings)
-        files["embeddings"] = {"path": s.embeddings, "sha256": file_sha256(s.embeddings)}
+        files["embeddings"] = {"path": s.embeddings, "sha256": sha256_file(s.embeddings)}
         if d.attributes:
             frame = join_attributes(frame, Path(d.attributes), notes)
-            files["attributes"] = {"path": d.attributes, "sha256": file_sha256(d.attributes)}
+            files["attributes"] = {"path": d.attributes, "sha256": sha256_file(d.attributes)}
         listing = None
-        labels = [c for c in frame.columns if c not in _FRAME_COLUMNS and not c.startswith("_")]
+        labels = [c for c in frame.columns if c not in CORE_COLUMNS and not c.startswith("_")]
         groupings = _usable_groupings(cfg, labels, left_out, warn)
     else:
         assert d.path is not None
@@ -156,6 +158,11 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
         result = evaluate_listed_pairs(frame, meta, lp.index_a, lp.index_b, groupings, target_fmrs=targets,
                                        alpha=alpha,
                                        excluded={k: v for k, v in lp.problems.items() if v}, inputs=source)
+        lost = result.excluded.get("pair_failed_to_enrol", 0)
+        if lost:
+            left_out.append({"what": "pairs", "item": "listed pairs", "count": lost,
+                             "reason": "an image of the pair failed to enrol", "examples": []})
+        _ignored(cfg, "a pair list", warn)
     else:
         result = evaluate_frame(frame, meta, groupings=groupings, bootstrap=u.bootstrap, permutations=u.permutations,
                                 seed=u.seed, impostor_sample=cfg.pairs.impostor_sample, progress=progress,
@@ -166,12 +173,20 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
                    _protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache)
 
 
-_FRAME_COLUMNS = ("path", "subject_id", "sha256", "ok", "reason", "message", "embedding", "det_score", "face_index",
-                  "n_faces", "box", "landmarks")
+
+def _ignored(cfg: AuditConfig, what: str, warn: Callable[[str], None]) -> None:
+    """Say so when settings that need all pairs among the subjects cannot apply."""
+    u = cfg.uncertainty
+    unused = [f"{k} = {v}" for k, v in (("bootstrap", u.bootstrap), ("permutations", u.permutations),
+                                         ("impostor_sample", cfg.pairs.impostor_sample)) if v]
+    if unused:
+        warn(f"{', '.join(unused)}: not applied to {what}, which gives only the pairs it lists (intervals, tests and "
+             "sampling need all pairs among the people)")
 
 
 def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> _Inputs:
     d, s = cfg.dataset, cfg.system
+    _ignored(cfg, "a score file", warn)
     assert d.path is not None and s.scores is not None
     table = read_score_manifest(d.path)
     labels = [c for c in table.columns if c not in ("id", "subject_id", "path")]
@@ -182,8 +197,8 @@ def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
     for reason, n in result.excluded.items():
         if n:
             left_out.append({"what": "pairs", "item": "score file rows", "count": n, "reason": reason, "examples": []})
-    files = {"manifest": {"path": d.path, "sha256": file_sha256(d.path)},
-             "scores": {"path": s.scores, "sha256": file_sha256(s.scores)}}
+    files = {"manifest": {"path": d.path, "sha256": sha256_file(d.path)},
+             "scores": {"path": s.scores, "sha256": sha256_file(s.scores)}}
     images = pd.DataFrame({"path": table["id"], "subject_id": table["subject_id"], "ok": True, "reason": None,
                            "message": None})
     return _Inputs(result, images, [], files, None, None, None, left_out, [])

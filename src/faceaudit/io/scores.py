@@ -33,9 +33,18 @@ def read_score_manifest(path: str | Path) -> pd.DataFrame:
             raise InputError(f"{p}: unknown manifest type {p.suffix!r}; use .csv or .parquet")
     except FileNotFoundError:
         raise InputError(f"{p}: no such manifest") from None
+    except InputError:
+        raise
+    except Exception as exc:  # pandas and pyarrow raise many parser errors
+        raise InputError(f"{p}: cannot read the manifest ({exc})") from exc
     missing = [c for c in ("id", "subject_id") if c not in df.columns]
     if missing:
         raise InputError(f"{p}: missing column(s) {', '.join(missing)}; a score manifest needs 'id' and 'subject_id'")
+    for col in ("id", "subject_id"):
+        empty = df.index[df[col].isna() | (df[col].astype(str).str.strip() == "")].tolist()
+        if empty:
+            rows = ", ".join(str(i + 2) for i in empty[:10])
+            raise InputError(f"{p}: empty {col!r} on line(s) {rows}; every image needs an id and a subject_id")
     df["id"] = df["id"].astype(str)
     df["subject_id"] = df["subject_id"].astype(str)
     dup = df["id"][df["id"].duplicated()]

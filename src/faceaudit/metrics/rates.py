@@ -30,6 +30,8 @@ from faceaudit.scoring.stats import PairStatistics
 #: A target FMR is evaluated only when at least this many false matches are expected at it; a group's
 #: FMR is ranked against other groups' only under the same condition on its own impostor pairs.
 MIN_EXPECTED_FALSE_MATCHES = 10
+#: The target FMRs evaluated when none are asked for.
+DEFAULT_FMRS = (1e-3, 1e-4, 1e-5, 1e-6)
 
 @dataclass(frozen=True)
 class Threshold:

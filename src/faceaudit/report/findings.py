@@ -17,27 +17,42 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.scoring.groups import UNKNOWN
 
-#: An interval whose high end is this many times its low end is too wide to rank groups on.
+#: An interval whose high end is this many times its low end (or that starts at zero although errors
+#: were seen) is flagged as wide.
 WIDE = 10.0
 
 
+def _significant(x: float, digits: int) -> str:
+    """``digits`` significant digits, never in scientific notation (5e-07 -> '0.0000005')."""
+    return str(np.format_float_positional(x, precision=digits, unique=False, fractional=False, trim="-"))
+
+
 def fmt_rate(x: float | None) -> str:
-    """A rate for people: 0.0023 -> '0.23%', 2.3e-06 -> '0.00023%'; None -> 'n/a'."""
+    """A rate for people: 0.0023 -> '0.23%', 2.3e-06 -> '0.00023%', 0 -> '0%'; None -> 'n/a'."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if x == 0:
-        return "0"
+        return "0%"
     pct = x * 100
-    return f"{pct:.2g}%" if pct < 0.1 else f"{pct:.3g}%" if pct < 10 else f"{pct:.1f}%"
+    return f"{_significant(pct, 2)}%" if pct < 0.1 else f"{pct:.3g}%" if pct < 10 else f"{pct:.1f}%"
 
 
 def fmt_times(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{x:.2g}x" if x < 10 else f"{x:.0f}x"
+    return "0x" if x == 0 else f"{_significant(x, 2)}x" if x < 10 else f"{x:.0f}x"
+
+
+def rule_of_three_text(n: int) -> str:
+    """The rule-of-three bound on a rate after zero errors in ``n`` trials, in words."""
+    if n < 3:
+        return f"no bound worth stating from {n} pair{'s' if n != 1 else ''}"
+    return f"below {fmt_rate(3 / n)} in {n:,} pairs"
 
 
 def one_in(rate: float) -> str:
@@ -76,28 +91,27 @@ class Headline:
     groups: list[GroupRate]
     worst: GroupRate | None
     best: GroupRate | None
+    fpd: float | None
     fpd_p_value: float | None
-    ranked: frozenset[str]  # the comparable groups: a known label and impostor pairs
+    ranked: frozenset[str]  # the comparable groups: a known label and enough impostor pairs
+    known: frozenset[str]  # groups with a known label
+    distance: bool = False  # scores were distances, negated: the threshold is shown as a distance
+
+    def threshold_words(self) -> str:
+        if self.distance:
+            return f"a distance of at most {-self.threshold:.4g}"
+        return f"a score of at least {self.threshold:.4g}"
 
     def sentences(self) -> list[str]:
         """The headline in plain words."""
         t = self.target_fmr
-        out = [f"The threshold {self.threshold:.4g} is set so that {one_in(t)} comparisons of two different people "
-               f"match (target false match rate {t:g}) over everyone in the test. Overall: false matches "
-               f"{fmt_rate(self.fmr)} of impostor pairs, false non-matches {fmt_rate(self.fnmr)} of genuine pairs."]
-        if self.worst is None or self.best is None or self.worst is self.best:
-            out.append("Fewer than two groups with a known label have enough impostor pairs to measure this target "
-                       f"(at least {MIN_EXPECTED_FALSE_MATCHES} false matches expected): no comparison between groups.")
-            return out
-        w, b = self.worst, self.best
-        out.append(f"Most false matches: {w.group}, {_times_phrase(w)}. Fewest: {b.group}, {_times_phrase(b)}.")
-        if w.fmr and b.fmr:
-            out.append(f"{w.group} has {w.fmr / b.fmr:.2g} times the false match rate of {b.group}; "
-                       f"{_chance(self.fpd_p_value, w.fmr_ci, b.fmr_ci)}.")
-        elif w.fmr:
-            out.append(f"{w.group} has false matches where none were seen for {b.group}; "
-                       f"{_chance(self.fpd_p_value, w.fmr_ci, b.fmr_ci)}.")
-        fn = [g for g in self.groups if g.fnmr is not None and g.genuine_pairs and g.group in self.ranked]
+        fnmr = ("false non-matches not measured (no genuine pairs)" if self.fnmr is None
+                else f"false non-matches {fmt_rate(self.fnmr)} of genuine pairs")
+        out = [f"Two photos are declared the same person at {self.threshold_words()}, set so that {one_in(t)} "
+               f"comparisons of two different people match (target false match rate {t:g}) over everyone in the "
+               f"test. Overall: false matches {fmt_rate(self.fmr)} of impostor pairs, {fnmr}."]
+        out.append(self._fmr_sentences())
+        fn = [g for g in self.groups if g.group in self.known and g.fnmr is not None and g.genuine_pairs]
         if len(fn) >= 2:
             hi = max(fn, key=lambda g: g.fnmr or 0.0)
             lo = min(fn, key=lambda g: g.fnmr or 0.0)
@@ -108,19 +122,36 @@ class Headline:
                 out.append(f"Genuine pairs wrongly rejected (false non-match rate): highest {hi.group} "
                            f"{fmt_rate(hi.fnmr)}{_ci_text(hi.fnmr_ci)}, lowest {lo.group} {fmt_rate(lo.fnmr)}"
                            f"{_ci_text(lo.fnmr_ci)}.")
-        return out
+        return [x for x in out if x]
+
+    def _fmr_sentences(self) -> str:
+        if len(self.known) == 1:
+            return f"There is one group ({next(iter(self.known))}): nothing to compare it with."
+        if self.worst is None or self.best is None or len(self.ranked) < 2:
+            return ("Fewer than two groups with a known label have enough impostor pairs to measure this target "
+                    f"(at least {MIN_EXPECTED_FALSE_MATCHES} false matches expected): no comparison between groups.")
+        w, b = self.worst, self.best
+        if w.fmr == b.fmr:
+            return f"All {len(self.ranked)} comparable groups have the same false match rate, {fmt_rate(w.fmr)}."
+        text = f"Most false matches: {w.group}, {_times_phrase(w)}. Fewest: {b.group}, {_times_phrase(b)}. "
+        if w.fmr and b.fmr:
+            text += f"{w.group} has {w.fmr / b.fmr:.2g} times the false match rate of {b.group}. "
+        else:
+            text += f"{w.group} has false matches where none were seen for {b.group}. "
+        return text + _chance(self.fpd, self.fpd_p_value, w.fmr_ci, b.fmr_ci) + "."
 
 
-def _chance(p: float | None, worst: list[float] | None, best: list[float] | None) -> str:
-    """Whether a gap could be chance: the permutation test when there is one, else the intervals."""
-    if p is not None:
+def _chance(fpd: float | None, p: float | None, worst: list[float] | None, best: list[float] | None) -> str:
+    """Whether the spread could be chance: the permutation test when there is one, else the intervals."""
+    if p is not None and fpd is not None:
         verdict = "unlikely to be chance" if p < 0.05 else "could be chance"
-        return (f"{verdict}: shuffling the labels between people gives a spread this large with probability "
-                f"p = {p:.2g}")
+        return (f"Across all groups with pairs, the largest false match rate is {fpd:.2g} times the smallest "
+                f"(FPD, zero rates at their rule-of-three bound); shuffling the labels between people gives a "
+                f"spread this large with probability p = {p:.2g}: {verdict}")
     if worst is not None and best is not None:
-        return ("their intervals do not overlap" if worst[0] > best[1]
-                else "their intervals overlap, so the gap may be chance")
-    return "no interval or test was computed, so whether it is chance is not known"
+        return ("Their intervals do not overlap" if worst[0] > best[1]
+                else "Their intervals overlap, so the gap may be chance")
+    return "No interval or test was computed, so whether the gap is chance is not known"
 
 
 def _ci_text(ci: list[float] | None) -> str:
@@ -134,12 +165,13 @@ def _times_phrase(g: GroupRate) -> str:
     if g.times_target_ci is not None:
         text += f"; 95% interval {fmt_times(g.times_target_ci[0])} to {fmt_times(g.times_target_ci[1])}"
     if g.false_matches == 0:
-        text += f"; none in {g.impostor_pairs:,} pairs, so below {fmt_rate(3 / g.impostor_pairs)}"
+        text += f"; none seen: {rule_of_three_text(g.impostor_pairs)}"
     return text + ")"
 
 
 def headlines(results: dict[str, Any]) -> list[Headline]:
     """One headline per analysis and target FMR, in the results' order."""
+    distance = (results.get("settings") or {}).get("score_kind") == "negated_distance"
     out = []
     for a in results["analyses"]:
         known = {g["group"] for g in a["groups"] if _known(g)}
@@ -163,7 +195,8 @@ def headlines(results: dict[str, Any]) -> list[Headline]:
                 threshold_exact=op["threshold_exact"], fmr=op["fmr"], fnmr=op["fnmr"], groups=rates,
                 worst=max(ranked, key=lambda r: r.fmr or 0.0) if ranked else None,
                 best=min(ranked, key=lambda r: r.fmr or 0.0) if ranked else None,
-                fpd_p_value=perm.get("fpd_p_value"), ranked=frozenset(r.group for r in ranked)))
+                fpd=(op.get("summary") or {}).get("fpd"), fpd_p_value=perm.get("fpd_p_value"),
+                ranked=frozenset(r.group for r in ranked), known=frozenset(known), distance=distance))
     return out
 
 
@@ -186,13 +219,19 @@ def limitations(results: dict[str, Any]) -> list[dict[str, str]]:
             ". Differences between groups may be chance.")
     for s in (results.get("settings") or {}).get("skipped_targets", []):
         add("target_skipped", f"Target FMR {s['target_fmr']:g} was not evaluated: {s['reason']}.")
-    if (results.get("settings") or {}).get("impostor_pairs", "all") not in ("all", "as listed by the dataset",
-                                                                            "as given in the pairs file"):
-        add("sampled", "Impostor pairs were sampled: " + results["settings"]["impostor_pairs"] + ".")
+    settings = results.get("settings") or {}
+    if settings.get("pairs_mode") == "sample":
+        add("sampled", "Impostor pairs were sampled: " + settings["impostor_pairs"] + ".")
+    if settings.get("pairs_mode") == "score_file":
+        add("score_file", "The score file is taken as given: a pair listed twice (in either order) counts twice, "
+                          "and pairs it does not list are not compared.")
     for a in results["analyses"]:
         _analysis_limitations(a, min_subjects, add)
     for item in audit.get("left_out", []):
-        add("left_out", f"Left out: {item['count']:,} {item['item']} ({item['reason']}).")
+        if item["what"] == "analysis":
+            add("left_out", f"Left out: the analysis by {item['item']} ({item['reason']}).")
+        else:
+            add("left_out", f"Left out: {item['count']:,} {item['item']} ({item['reason']}).")
     return out
 
 
@@ -203,13 +242,15 @@ def _analysis_limitations(a: dict[str, Any], min_subjects: int, add: Any) -> Non
     for g in a["groups"]:
         c = counts[g["group"]]
         if not _known(g):
+            missing = ", ".join(k for k, v in g["values"].items() if v == UNKNOWN)
             add("unknown_label", f"{c['images']:,} images ({c['images'] / total_images:.1%}) of {c['subjects']:,} "
-                f"people have no {by} label: they form the group {g['group']}, which counts towards the overall "
+                f"people have no {missing} label: they form the group {g['group']}, which counts towards the overall "
                 "rates but is not ranked against the labelled groups.")
             continue
-        if c["subjects"] == 1:
-            add("one_subject", f"{g['group']} has a single person: there are no impostor pairs within the group, "
-                "so its false match rate is not measured.")
+        if c["impostor_pairs"] == 0:
+            who = "has a single person" if c["subjects"] == 1 else "has no two people with usable images"
+            add("one_subject", f"{g['group']} {who}: there are no impostor pairs within the group, so its false "
+                "match rate is not measured.")
         elif c["subjects"] < min_subjects:
             add("small_group", f"{g['group']} has only {c['subjects']} people (fewer than {min_subjects}): its rates "
                 "rest on few people; read its intervals rather than its point estimates.")
@@ -228,9 +269,9 @@ def _analysis_limitations(a: dict[str, Any], min_subjects: int, add: Any) -> Non
             add("binned_threshold", f"At FMR {t:g} the threshold is located within one score-histogram bin "
                 "(beyond the exactly kept tail); counts at it may be off by the pairs in that bin.")
         groups = [g for g in op["groups"] if _known(g)]
-        zero_fm = [f"{g['group']} (below {fmt_rate(3 / g['impostor_pairs'])} in {g['impostor_pairs']:,} pairs)"
+        zero_fm = [f"{g['group']} ({rule_of_three_text(g['impostor_pairs'])})"
                    for g in groups if g["impostor_pairs"] and g["false_matches"] == 0]
-        zero_fnm = [f"{g['group']} (below {fmt_rate(3 / g['genuine_pairs'])} in {g['genuine_pairs']:,} pairs)"
+        zero_fnm = [f"{g['group']} ({rule_of_three_text(g['genuine_pairs'])})"
                     for g in groups if g["genuine_pairs"] and g["false_non_matches"] == 0]
         for kind, found in (("false match", zero_fm), ("false non-match", zero_fnm)):
             if found:
@@ -238,6 +279,7 @@ def _analysis_limitations(a: dict[str, Any], min_subjects: int, add: Any) -> Non
                     "not a zero rate; the bounds given are the rule of three (95%).")
         for g in groups:
             ci = g.get("fmr_ci")
-            if ci is not None and ci[0] > 0 and ci[1] / ci[0] > WIDE:
-                add("wide_interval", f"At FMR {t:g}, the interval of {g['group']}'s false match rate spans more than "
-                    f"a factor of {WIDE:g} ({fmt_rate(ci[0])} to {fmt_rate(ci[1])}): too uncertain to rank.")
+            if ci is not None and g["false_matches"] > 0 and (ci[0] == 0 or ci[1] / ci[0] > WIDE):
+                add("wide_interval", f"At FMR {t:g}, the interval of {g['group']}'s false match rate is wide "
+                    f"({fmt_rate(ci[0])} to {fmt_rate(ci[1])}): its point estimate, and any ranking that uses it, "
+                    "is uncertain.")

@@ -9,7 +9,6 @@ files, and whether the signature holds for the given public key.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,17 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from faceaudit.errors import InputError
+from faceaudit.io.images import sha256_file
 
 MANIFEST = "MANIFEST.sha256"
 SIGNATURE = "MANIFEST.sig"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[str]:
@@ -41,7 +33,7 @@ def write_manifest(folder: str | Path) -> Path:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
-    lines = [f"{_digest(root / rel)}  {rel}\n" for rel in _files(root)]
+    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in _files(root)]
     out = root / MANIFEST
     out.write_text("".join(lines))
     return out
@@ -130,7 +122,7 @@ def verify_folder(folder: str | Path, public_key: str | Path | None = None) -> V
         path = root / rel
         if not path.is_file():
             result.missing.append(rel)
-        elif _digest(path) != digest:
+        elif sha256_file(path) != digest:
             result.changed.append(rel)
     result.extra = [rel for rel in _files(root) if rel not in listed]
     if public_key is not None:

@@ -5,9 +5,15 @@ Same findings as the HTML report (:mod:`faceaudit.report.findings`), as Markdown
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from faceaudit.report.findings import fmt_rate, fmt_times, headlines, limitations
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell: '|' (in intersection labels) and HTML escaped."""
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _interval(ci: list[float] | None, fmt: Any = fmt_rate) -> str:
@@ -36,7 +42,7 @@ def render_summary(results: dict[str, Any], provenance: dict[str, Any]) -> str:
         lines += ["", "| group | FMR [95% CI] | times the target | FNMR [95% CI] | impostor / genuine pairs |",
                   "|---|---|---|---|---|"]
         for g in h.groups:
-            lines.append(f"| {g.group} | {fmt_rate(g.fmr)}{_interval(g.fmr_ci)} | {fmt_times(g.times_target)}"
+            lines.append(f"| {_cell(g.group)} | {fmt_rate(g.fmr)}{_interval(g.fmr_ci)} | {fmt_times(g.times_target)}"
                          f"{_interval(g.times_target_ci, fmt_times)} | {fmt_rate(g.fnmr)}{_interval(g.fnmr_ci)} | "
                          f"{g.impostor_pairs:,} / {g.genuine_pairs:,} |")
         lines.append("")
