@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 LFW := ../shared/data/lfw
 
-.PHONY: demo test lint typecheck pytest browser bench calibrate clean
+.PHONY: demo test lint typecheck pytest browser postgres bench calibrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) browser
+pytest: $(STAMP) browser postgres
 	$(BIN)/pytest
+
+# The PostgreSQL tests start a throw-away server of their own from Debian's server binaries (tests/pgserver.py).
+# Installed here when missing (as root, with apt-get); where they cannot be, those tests skip and say why.
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql) \
+	    >/tmp/faceaudit-apt-postgresql.log 2>&1 \
+	    || echo "note: installing postgresql failed (see /tmp/faceaudit-apt-postgresql.log)"; \
+	else echo "note: PostgreSQL (initdb) is missing; the PostgreSQL tests will skip"; fi
 
 # The report test renders report.html in Debian's headless Chromium. Installed here when missing (as root,
 # with apt-get); where it cannot be, the test skips and says why.

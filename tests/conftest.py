@@ -10,6 +10,7 @@ import pytest
 
 from faceaudit.demo import bundled_manifest
 from faceaudit.engines.base import Engine
+from pgserver import postgres_db, postgres_dsn  # noqa: F401  (fixtures: a throw-away PostgreSQL server)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACEAUDIT_DATA", ROOT.parent / "shared" / "data"))

@@ -450,5 +450,209 @@ def demo(out: str, workers: int | None, sign: str | None) -> None:
     click.echo(f"Report: {(Path(out) / 'report.html').resolve()}")
 
 
+# --- gallery ---
+
+@main.group()
+def gallery() -> None:
+    """A gallery for 1:1 verification and (when the policy allows) 1:N search, with encrypted templates,
+    consent per person, erasure and a tamper-evident log of every operation."""
+
+
+def _gallery_options(f: Any) -> Any:
+    import getpass
+
+    f = click.option("--role", default="operator", show_default=True, help="Your role, as the policy names it.")(f)
+    f = click.option("--actor", default=getpass.getuser, show_default="your user name",
+                     help="Who runs the operation (recorded in the log).")(f)
+    f = click.option("--key", "key_file", type=click.Path(dir_okay=False), default=None,
+                     help="Gallery key file (default: $FACEAUDIT_GALLERY_KEY).")(f)
+    return click.argument("folder", type=click.Path(file_okay=False))(f)
+
+
+def _open(folder: str, key_file: str | None, actor: str, role: str) -> Any:
+    from faceaudit.gallery.gallery import Gallery
+
+    return Gallery.open(folder, key_file=key_file, actor=actor, role=role)
+
+
+@gallery.command("keygen")
+@click.argument("key_file", type=click.Path(dir_okay=False))
+def gallery_keygen(key_file: str) -> None:
+    """Create a gallery key (AES-256, base64; keep it apart from the gallery)."""
+    from faceaudit.gallery.crypto import generate_key_file
+
+    click.echo(f"written: {generate_key_file(key_file)} (mode 600)")
+
+
+@gallery.command("init")
+@_gallery_options
+@click.option("--database", default=None, help="postgresql://... (default: FOLDER/gallery.sqlite).")
+@click.option("--index", "index_kind", type=click.Choice(["exact", "hnsw"]), default="exact", show_default=True)
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Policy (TOML); default: enrol and 1:1 verify only, no 1:N search.")
+@click.option("--engine", default=None, help="Engine (see `faceaudit engines`).")
+def gallery_init(folder: str, key_file: str | None, actor: str, role: str, database: str | None, index_kind: str,
+                 policy_file: str | None, engine: str | None) -> None:
+    """Create a gallery in FOLDER."""
+    from faceaudit.gallery.gallery import Gallery
+    from faceaudit.gallery.policy import Policy
+
+    pol = Policy.from_toml(policy_file) if policy_file else None
+    with Gallery.init(folder, key_file=key_file, database=database, index=index_kind, engine=engine, policy=pol,
+                      actor=actor, role=role) as g:
+        click.echo(f"gallery created: {folder} ({g.store.dialect}, {index_kind} index, engine {g.settings.engine}); "
+                   f"1:N search {'on' if g.policy.search.enabled else 'off'}")
+
+
+@gallery.command("enrol")
+@_gallery_options
+@click.argument("subject")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--consent-by", required=True, help="Who gave consent.")
+@click.option("--consent-date", required=True, help="When (YYYY-MM-DD).")
+@click.option("--legal-basis", required=True, help="Legal basis of the processing.")
+@click.option("--expires", default=None, help="End of consent (YYYY-MM-DD); default: the policy's retention.")
+def gallery_enrol(folder: str, key_file: str | None, actor: str, role: str, subject: str, images: tuple[str, ...],
+                  consent_by: str, consent_date: str, legal_basis: str, expires: str | None) -> None:
+    """Enrol SUBJECT from IMAGES (one face each) with a consent record."""
+    from faceaudit.gallery.gallery import Consent
+
+    with _open(folder, key_file, actor, role) as g:
+        ids = g.enrol(subject, Consent(consent_by, consent_date, legal_basis, expires), images=list(images))
+    click.echo(f"enrolled {subject}: template(s) {', '.join(map(str, ids))}")
+
+
+@gallery.command("search")
+@_gallery_options
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--purpose", default=None, help="The declared purpose (must be the policy's).")
+@click.option("--legal-basis", default=None, help="The declared legal basis (must be the policy's).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Candidates to return.")
+@click.option("--fpir", type=float, default=0.01, show_default=True, help="Target false positive identification rate.")
+@click.option("--json", "as_json", is_flag=True)
+def gallery_search(folder: str, key_file: str | None, actor: str, role: str, image: str, purpose: str | None,
+                   legal_basis: str | None, k: int, fpir: float, as_json: bool) -> None:
+    """1:N search of IMAGE (only where the policy allows it, for its declared purpose)."""
+    with _open(folder, key_file, actor, role) as g:
+        res = g.search(image=image, k=k, fpir=fpir, purpose=purpose, legal_basis=legal_basis)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=1))
+        return
+    click.echo(f"threshold {res.threshold:.4f} for FPIR {fpir:g} over {res.gallery_size:,} templates "
+               f"(log entry {res.log_seq})")
+    for c in res.candidates:
+        click.echo(f"  {c.rank:>2}. {c.subject_id}  score {c.score:.4f}  {'MATCH' if c.match else 'below threshold'}")
+    if res.investigative_lead:
+        click.echo("Candidates are investigative leads for a person to review, not identifications.")
+
+
+@gallery.command("verify")
+@_gallery_options
+@click.argument("subject")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--fmr", type=float, default=1e-4, show_default=True)
+def gallery_verify(folder: str, key_file: str | None, actor: str, role: str, subject: str, image: str,
+                   fmr: float) -> None:
+    """1:1: is IMAGE the enrolled SUBJECT?"""
+    with _open(folder, key_file, actor, role) as g:
+        r = g.verify(subject, image=image, fmr=fmr)
+    click.echo(f"{'MATCH' if r['match'] else 'NO MATCH'}: score {r['score']:.4f}, threshold {r['threshold']:.4f}")
+
+
+@gallery.command("delete")
+@_gallery_options
+@click.argument("subject")
+def gallery_delete(folder: str, key_file: str | None, actor: str, role: str, subject: str) -> None:
+    """Erase SUBJECT: templates and consent from the store, the index and its file (logged)."""
+    with _open(folder, key_file, actor, role) as g:
+        ids = g.delete(subject)
+        problems = g.verify_erasure(subject, ids)
+    click.echo(f"erased {subject}: {len(ids)} template(s)" + ("" if not problems else "; " + "; ".join(problems)))
+
+
+@gallery.command("verify-erasure")
+@_gallery_options
+@click.argument("subject")
+def gallery_verify_erasure(folder: str, key_file: str | None, actor: str, role: str, subject: str) -> None:
+    """Check that nothing of an erased SUBJECT is left (exit 1 if something is)."""
+    with _open(folder, key_file, actor, role) as g:
+        problems = g.verify_erasure(subject)
+    for p in problems:
+        click.echo(f"  {p}")
+    click.echo("erased: nothing left" if not problems else "NOT fully erased")
+    if problems:
+        sys.exit(1)
+
+
+@gallery.command("export")
+@_gallery_options
+@click.argument("subject")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
+def gallery_export(folder: str, key_file: str | None, actor: str, role: str, subject: str, out: str) -> None:
+    """Everything held about SUBJECT (subject-access request), as JSON."""
+    with _open(folder, key_file, actor, role) as g:
+        doc = g.export(subject)
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    click.echo(f"written: {out} ({len(doc['templates'])} template(s), {len(doc['log_entries'])} log entries)")
+
+
+@gallery.command("rotate-key")
+@_gallery_options
+@click.option("--new-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The new key file.")
+def gallery_rotate_key(folder: str, key_file: str | None, actor: str, role: str, new_key: str) -> None:
+    """Re-encrypt every template (and the index) under a new key."""
+    from faceaudit.gallery.crypto import TemplateCipher
+
+    with _open(folder, key_file, actor, role) as g:
+        n = g.rotate_key(TemplateCipher.load(new_key))
+    click.echo(f"{n} template(s) re-encrypted; use {new_key} from now on")
+
+
+@gallery.command("expire")
+@_gallery_options
+def gallery_expire(folder: str, key_file: str | None, actor: str, role: str) -> None:
+    """Erase everyone whose consent or retention period has ended."""
+    with _open(folder, key_file, actor, role) as g:
+        gone = g.expire()
+    click.echo(f"expired: {', '.join(gone) if gone else 'nobody'}")
+
+
+@gallery.command("policy")
+@_gallery_options
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False))
+def gallery_policy(folder: str, key_file: str | None, actor: str, role: str, policy_file: str) -> None:
+    """Replace the gallery's policy (logged with the old and new rules)."""
+    from faceaudit.gallery.policy import Policy
+
+    with _open(folder, key_file, actor, role) as g:
+        g.set_policy(Policy.from_toml(policy_file))
+    click.echo("policy replaced")
+
+
+@main.group("log")
+def log_group() -> None:
+    """The gallery's audit log."""
+
+
+@log_group.command("verify")
+@_gallery_options
+@click.option("--head", default=None, help="A published head, SEQ:HASH, to check the log against.")
+def log_verify(folder: str, key_file: str | None, actor: str, role: str, head: str | None) -> None:
+    """Check the hash chain of FOLDER's log: any edited, deleted, inserted or reordered entry is named."""
+    given = None
+    if head:
+        seq, _, digest = head.partition(":")
+        given = (int(seq), digest)
+    with _open(folder, key_file, actor, role) as g:
+        check = g.verify_log(given)
+        current = g.log_head()
+    for p in check.problems:
+        click.echo(f"  {p}")
+    click.echo(f"{'OK' if check.ok else 'FAILED'}: {check.entries} entries; head {current[0]}:{current[1]}"
+               if current else "empty log")
+    if not check.ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,136 @@
+"""What a gallery allows: operations per role, 1:N search bound to a declared purpose, limits, retention.
+
+A policy is a TOML file (``examples/gallery-policy.toml``)::
+
+    [roles]                      # role = the operations it may run
+    operator = ["enrol", "verify", "delete", "export"]
+    investigator = ["search"]
+
+    [search]                     # 1:N search: off unless switched on with a purpose and legal basis
+    enabled = true
+    purpose = "finding duplicate enrolments in the staff badge system"
+    legal_basis = "GDPR Art. 6(1)(c), employment records"
+    max_k = 10
+    max_fpir = 0.01              # the loosest false positive identification rate a search may ask for
+    min_score = 0.35             # no threshold below this score, whatever the FPIR
+    human_review = true          # candidates are investigative leads, for a person to review
+
+    [retention]
+    days = 365                   # templates expire this long after enrolment unless consent ends sooner
+
+The default policy (no file) allows enrol and 1:1 verify, plus delete and export, which carry the data
+subjects' rights to erasure and access and so are never switched off; the role ``admin`` may also
+replace the policy and rotate the key; 1:N search is off. Every
+refusal names the rule that refused it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faceaudit.errors import FaceauditError, InputError
+
+OPERATIONS = ("enrol", "verify", "search", "delete", "export", "rotate-key", "policy")
+#: Rights of the people enrolled: always allowed, whatever the policy says.
+SUBJECT_RIGHTS = ("delete", "export")
+#: Without a policy: anyone may enrol and verify; the role "admin" may also replace the policy (the only
+#: way to switch search on, and logged) and rotate the key. "*" stands for any other role.
+DEFAULT_ROLES = {"*": ("enrol", "verify"), "admin": ("enrol", "verify", "policy", "rotate-key")}
+
+
+class PolicyError(FaceauditError):
+    """An operation refused by the policy; ``rule`` names the rule."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"refused by the gallery policy ({rule}): {message}")
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class SearchRules:
+    enabled: bool = False
+    purpose: str | None = None
+    legal_basis: str | None = None
+    max_k: int = 10
+    max_fpir: float = 0.01
+    min_score: float | None = None
+    human_review: bool = True
+
+
+@dataclass(frozen=True)
+class Policy:
+    roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ROLES))
+    search: SearchRules = field(default_factory=SearchRules)
+    retention_days: int | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Policy:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{p}: no such policy file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{p}: not valid TOML ({exc})") from exc
+        return cls.from_dict(raw, str(p))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "policy") -> Policy:
+        unknown = set(raw) - {"roles", "search", "retention"}
+        if unknown:
+            raise InputError(f"{where}: unknown section(s) {sorted(unknown)}; known: roles, search, retention")
+        roles: dict[str, tuple[str, ...]] = {}
+        for role, ops in (raw.get("roles") or {}).items():
+            if not isinstance(ops, list) or any(o not in OPERATIONS for o in ops):
+                raise InputError(f"{where}: [roles] {role} must list operations among {', '.join(OPERATIONS)}")
+            roles[str(role)] = tuple(ops)
+        s = raw.get("search") or {}
+        known = set(SearchRules.__dataclass_fields__)
+        if set(s) - known:
+            raise InputError(f"{where}: unknown key(s) in [search]: {sorted(set(s) - known)}; known: {sorted(known)}")
+        search = SearchRules(**s)
+        if search.enabled and not (search.purpose and search.legal_basis):
+            raise InputError(f"{where}: [search] enabled = true needs a declared purpose and legal_basis")
+        if not 0 < search.max_fpir < 1 or search.max_k < 1:
+            raise InputError(f"{where}: [search] max_fpir must be in (0, 1) and max_k >= 1")
+        days = (raw.get("retention") or {}).get("days")
+        if days is not None and (not isinstance(days, int) or days < 1):
+            raise InputError(f"{where}: [retention] days must be a whole number >= 1")
+        return cls(roles=roles or dict(DEFAULT_ROLES), search=search, retention_days=days)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"roles": {r: list(o) for r, o in self.roles.items()},
+                               "search": {k: v for k, v in self.search.__dict__.items() if v is not None}}
+        if self.retention_days is not None:
+            out["retention"] = {"days": self.retention_days}
+        return out
+
+    # --- checks ---
+    def allow(self, role: str, operation: str) -> None:
+        """Raise PolicyError unless ``role`` may run ``operation``."""
+        if operation in SUBJECT_RIGHTS:
+            return
+        allowed = self.roles.get(role, self.roles.get("*", ()))
+        if operation not in allowed:
+            raise PolicyError(f"roles.{role if role in self.roles else '*'}",
+                              f"role {role!r} may not {operation} (allowed: {', '.join(allowed) or 'nothing'})")
+
+    def allow_search(self, role: str, purpose: str | None, legal_basis: str | None, k: int, fpir: float) -> None:
+        s = self.search
+        if not s.enabled:
+            raise PolicyError("search.enabled", "1:N search is switched off; a policy must switch it on with a "
+                                                "declared purpose and legal basis")
+        self.allow(role, "search")
+        if not purpose or purpose != s.purpose:
+            raise PolicyError("search.purpose", f"declare the policy's purpose ({s.purpose!r}) with --purpose")
+        if not legal_basis or legal_basis != s.legal_basis:
+            raise PolicyError("search.legal_basis", f"declare the policy's legal basis ({s.legal_basis!r}) "
+                                                    "with --legal-basis")
+        if k > s.max_k:
+            raise PolicyError("search.max_k", f"k = {k} is more than the {s.max_k} candidates allowed")
+        if fpir > s.max_fpir:
+            raise PolicyError("search.max_fpir", f"a target FPIR of {fpir:g} is looser than the {s.max_fpir:g} "
+                                                 "allowed")

@@ -1,0 +1,209 @@
+"""The gallery's database: subjects with consent, encrypted templates, the audit log, settings.
+
+One API over two engines, chosen by URL: SQLite (a file; the embedded default) and PostgreSQL
+(``postgresql://...``, through psycopg 3) for production. Every change runs in one transaction
+together with its log entry, so after a crash a template is either there with its log entry or
+absent. SQL is written once with ``?`` placeholders and translated for psycopg (``%s``).
+
+Erasure. SQLite runs with ``secure_delete`` (deleted content is overwritten with zeros, in the
+table and the freed pages) and WAL; after a delete the WAL is checkpointed and truncated, so no
+copy of a deleted template stays in the database file or its WAL. PostgreSQL keeps deleted rows
+until VACUUM, which runs after each delete (its own write-ahead log keeps old records until the
+server recycles the segments: an operator's retention setting, stated in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faceaudit.errors import FaceauditError, InputError
+
+_TABLES = {
+    "sqlite": [
+        """CREATE TABLE IF NOT EXISTS subjects (subject_id TEXT PRIMARY KEY, consent TEXT NOT NULL,
+               created TEXT NOT NULL, expires TEXT)""",
+        """CREATE TABLE IF NOT EXISTS templates (template_id INTEGER PRIMARY KEY AUTOINCREMENT,
+               subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+               blob BLOB NOT NULL, created TEXT NOT NULL, source TEXT)""",
+        "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
+        "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    "postgres": [
+        """CREATE TABLE IF NOT EXISTS subjects (subject_id TEXT PRIMARY KEY, consent TEXT NOT NULL,
+               created TEXT NOT NULL, expires TEXT)""",
+        """CREATE TABLE IF NOT EXISTS templates (template_id BIGSERIAL PRIMARY KEY,
+               subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+               blob BYTEA NOT NULL, created TEXT NOT NULL, source TEXT)""",
+        "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
+        "CREATE TABLE IF NOT EXISTS log (seq BIGINT PRIMARY KEY, entry TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+}
+
+
+class StoreError(FaceauditError):
+    """The gallery database refused or failed an operation."""
+
+
+@dataclass(frozen=True)
+class TemplateRow:
+    template_id: int
+    subject_id: str
+    blob: bytes
+    created: str
+    source: str | None
+
+
+class Tx:
+    """A transaction's statements, with ``?`` placeholders whatever the database."""
+
+    def __init__(self, cursor: Any, dialect: str) -> None:
+        self._cur = cursor
+        self._dialect = dialect
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._dialect == "postgres":
+            sql = sql.replace("?", "%s")
+        self._cur.execute(sql, tuple(params))
+        return self._cur
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.run(sql, params).fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.run(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def insert_template(self, subject_id: str, blob: bytes, created: str, source: str | None) -> int:
+        sql = "INSERT INTO templates (subject_id, blob, created, source) VALUES (?, ?, ?, ?)"
+        if self._dialect == "postgres":
+            row = self.one(sql + " RETURNING template_id", (subject_id, blob, created, source))
+            assert row is not None
+            return int(row[0])
+        return int(self.run(sql, (subject_id, blob, created, source)).lastrowid)
+
+
+class Store:
+    """A gallery database: open with :meth:`open` (a SQLite path or a ``postgresql://`` URL)."""
+
+    def __init__(self, conn: Any, dialect: str, location: str, path: Path | None) -> None:
+        self._conn: Any = conn
+        self.dialect = dialect
+        self.location = location  # for messages: never holds a password
+        self.path = path  # the SQLite file, None for PostgreSQL
+
+    @classmethod
+    def open(cls, url: str | Path) -> Store:
+        text = str(url)
+        if text.startswith(("postgresql://", "postgres://")):
+            try:
+                import psycopg
+            except ImportError:  # pragma: no cover - psycopg is a dependency
+                raise StoreError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
+            try:
+                pg = psycopg.connect(text)
+            except psycopg.OperationalError as exc:
+                raise StoreError(f"cannot connect to the gallery database ({exc})") from exc
+            store = cls(pg, "postgres", text.split("@")[-1], None)
+        else:
+            path = Path(text.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lite = sqlite3.connect(path, isolation_level=None)  # transactions are explicit (BEGIN IMMEDIATE)
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):
+                lite.execute(f"PRAGMA {pragma}")
+            store = cls(lite, "sqlite", str(path), path)
+        with store.transaction() as tx:
+            for sql in _TABLES[store.dialect]:
+                tx.run(sql)
+        return store
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """All or nothing: commit when the block ends, roll back on any error (or a crash)."""
+        conn = self._live()
+        if self.dialect == "sqlite":
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")  # take the write lock now: one writer at a time
+            try:
+                yield Tx(cur, "sqlite")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        else:
+            with conn.transaction(), conn.cursor() as cur:
+                yield Tx(cur, "postgres")
+
+    def _live(self) -> Any:
+        if self._conn is None:
+            raise StoreError(f"the gallery database {self.location} is closed")
+        return self._conn
+
+    # --- maintenance ---
+    def purge_deleted(self) -> None:
+        """Make deleted rows unrecoverable from the database's own files (see the module docstring)."""
+        conn = self._live()
+        if self.dialect == "sqlite":
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            conn.autocommit = True  # VACUUM cannot run inside a transaction
+            try:
+                conn.execute("VACUUM templates")
+                conn.execute("VACUUM subjects")
+            finally:
+                conn.autocommit = False
+
+    def files(self) -> list[Path]:
+        """The database's files on this machine (SQLite: the file and its WAL); none for PostgreSQL."""
+        if self.path is None:
+            return []
+        return [p for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- reads outside a write ---
+    def get_meta(self, key: str) -> Any:
+        with self.transaction() as tx:
+            row = tx.one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else json.loads(row[0])
+
+    def templates(self, subject_id: str | None = None) -> list[TemplateRow]:
+        with self.transaction() as tx:
+            rows = (tx.rows("SELECT template_id, subject_id, blob, created, source FROM templates "
+                            "WHERE subject_id = ? ORDER BY template_id", (subject_id,)) if subject_id is not None
+                    else tx.rows("SELECT template_id, subject_id, blob, created, source FROM templates "
+                                 "ORDER BY template_id"))
+        return [TemplateRow(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), r[4]) for r in rows]
+
+    def log_rows(self) -> list[tuple[int, str]]:
+        with self.transaction() as tx:
+            return [(int(s), str(e)) for s, e in tx.rows("SELECT seq, entry FROM log ORDER BY seq")]
+
+
+def set_meta(tx: Tx, key: str, value: Any) -> None:
+    text = json.dumps(value, sort_keys=True)
+    if tx.one("SELECT 1 FROM meta WHERE key = ?", (key,)) is None:
+        tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, text))
+    else:
+        tx.run("UPDATE meta SET value = ? WHERE key = ?", (text, key))
+
+
+def get_meta(tx: Tx, key: str) -> Any:
+    row = tx.one("SELECT value FROM meta WHERE key = ?", (key,))
+    return None if row is None else json.loads(row[0])
+
+
+def require_gallery(store: Store) -> None:
+    if store.get_meta("gallery") is None:
+        store.close()
+        raise InputError(f"{store.location} is not a faceaudit gallery; create one with `faceaudit gallery init`")
