@@ -137,6 +137,8 @@ def test_export_expire_rotate_and_wrong_keys(tmp_path: Path, key: Path, database
         g.enrol("bob", Consent("bob", "2025-01-01", "consent", expires=past), embeddings=v[2:])
         doc = g.export("alice")
         assert len(doc["templates"]) == 2 and doc["consent"]["given_by"] == "the person"
+        assert [e["params"]["subject_id"] for e in doc["log_entries"]] == ["alice"]  # not bob's, not others'
+        assert "template_ids" in doc["log_entries"][0]["result"]
         back = np.frombuffer(__import__("base64").b64decode(doc["templates"][0]["embedding_float32_base64"]), "<f4")
         assert np.allclose(back, v[0])
         assert g.expire() == ["bob"] and g.store.templates("bob") == []
@@ -229,6 +231,8 @@ def test_cli_from_real_faces(tmp_path: Path, tiny: pd.DataFrame) -> None:
         res = run(main, ["gallery", "enrol", folder, r["subject_id"], r["file"], "--key", key, "--consent-by",
                          "self", "--consent-date", "2017-01-01", "--legal-basis", "consent (CC BY 4.0 release)"])
         assert res.exit_code == 0, res.output
+    cache_dir = Path(os.environ["FACEAUDIT_CACHE_DIR"])
+    assert not list(cache_dir.glob("*"))  # enrolling never wrote a template into the embedding cache
     other = tiny[(tiny["subject_id"] == first.iloc[2]["subject_id"]) & (tiny["file"] != first.iloc[2]["file"])]
     probe = other.iloc[0]["file"]
     refused = run(main, ["gallery", "search", folder, probe, "--key", key, "--role", "investigator"])

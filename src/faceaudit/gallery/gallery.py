@@ -404,7 +404,7 @@ class Gallery:
                           self.cipher.decrypt(r.blob, self._aad(r.template_id, r.subject_id))).decode()}
                      for r in self.store.templates(subject_id)]
         entries = [LogEntry.from_json(e) for _, e in self.store.log_rows()]
-        mine = [e.to_json() for e in entries if subject_id in json.dumps([e.params, e.result])]
+        mine = [e.to_json() for e in entries if _mentions(e, subject_id)]
         with self.store.transaction() as tx:
             _append(tx, self.actor, self.role, "export", params={"subject_id": subject_id},
                     result={"templates": len(templates), "log_entries": len(mine)})
@@ -466,6 +466,13 @@ class Gallery:
     def verify_log(self, head: tuple[int, str] | None = None) -> ChainCheck:
         """Check the chain against ``head`` (a published one), else against the head stored beside it."""
         return verify_chain(self.store.log_rows(), head or self.log_head())
+
+
+def _mentions(entry: LogEntry, subject_id: str) -> bool:
+    """Whether a log entry is about this person: its subject, or a search that returned them."""
+    if entry.params.get("subject_id") == subject_id:
+        return True
+    return any(c and c[0] == subject_id for c in entry.result.get("candidates", []))
 
 
 def _json(obj: Any) -> str:
