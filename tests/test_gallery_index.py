@@ -1,5 +1,5 @@
-"""The gallery search index: exact search against NumPy brute force, HNSW recall, erasure by removal,
-encrypted save/load, and input validation."""
+"""The gallery search index: exact search against NumPy brute force, HNSW and PQ recall against exact,
+erasure by removal, encrypted save/load, and input validation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from faceaudit.errors import InputError
 from faceaudit.gallery.crypto import DecryptionError, TemplateCipher
 from faceaudit.gallery.index import SearchIndex
 
-KINDS = ("exact", "hnsw")
+KINDS = ("exact", "hnsw", "pq")
 # small graph parameters: the tests check behaviour, the benchmark checks the 1M operating point
 HNSW = {"m": 16, "ef_construction": 64, "ef_search": 256}
 
@@ -71,19 +71,38 @@ def test_fewer_than_k_and_empty() -> None:
         assert len(empty) == 0 and (got == -1).all() and np.isneginf(scores).all()
 
 
-def test_hnsw_recall_against_exact() -> None:
+def recall(truth: np.ndarray, got: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(truth.tolist(), got.tolist(), strict=True)]))
+
+
+def test_approximate_recall_against_exact() -> None:
     rng = np.random.default_rng(3)
     x = unit(rng, 20_000, 32)
     ids = np.arange(20_000, dtype=np.int64) + 1_000_000
     q = unit(rng, 200, 32)
     _, truth = SearchIndex.build(ids, x).search(q, 10)
     hnsw = SearchIndex.build(ids, x, "hnsw", **HNSW)
-    _, got = hnsw.search(q, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth.tolist(), got.tolist(), strict=True)])
-    assert recall >= 0.95
+    full = recall(truth, hnsw.search(q, 10)[1])
+    assert full >= 0.95
     hnsw.ef_search = 10  # a smaller candidate list finds fewer of the true neighbours
-    _, worse = hnsw.search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth.tolist(), worse.tolist(), strict=True)]) < recall
+    assert recall(truth, hnsw.search(q, 10)[1]) < full
+    pq = SearchIndex.build(ids, x, "pq")
+    full = recall(truth, pq.search(q, 10)[1])
+    assert full >= 0.95
+    pq.rerank = 1  # ranked by the 4-bit codes alone
+    assert recall(truth, pq.search(q, 10)[1]) < full
+
+
+def test_pq_codebook_is_data_independent() -> None:
+    rng = np.random.default_rng(8)
+    x = unit(rng, 50, 16)
+    one_by_one = SearchIndex(16, "pq")
+    for i in range(50):  # no training data needed: the first template can be added alone
+        one_by_one.add(np.array([i]), x[i:i + 1])
+    at_once = SearchIndex.build(np.arange(50), x, "pq")
+    assert one_by_one.to_bytes() == at_once.to_bytes()  # rebuildable bit for bit from the same templates
+    _, got = at_once.search(x, 1)
+    np.testing.assert_array_equal(got[:, 0], np.arange(50))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -107,6 +126,8 @@ def test_remove(kind: str) -> None:
     assert x[keep][7].tobytes() in data  # the check itself can see a template when there is one
     if kind == "hnsw":
         assert index.m == HNSW["m"] and index.ef_search == HNSW["ef_search"]  # rebuilt with the same parameters
+    if kind != "exact":
+        assert index.to_bytes() == make(kind, ids[keep], x[keep]).to_bytes()  # as if never added
     assert index.remove(index.ids()) == 496 and len(index) == 0
     index.add(gone, x[gone // 2])  # removed ids can be enrolled again
     assert len(index) == 4
@@ -117,10 +138,10 @@ def test_bytes_round_trip(kind: str) -> None:
     rng = np.random.default_rng(5)
     x = unit(rng, 200, 16)
     index = make(kind, np.arange(200) + 50, x)
-    if kind == "hnsw":
-        index.ef_search = 77
+    index.ef_search = 77
+    index.rerank = 33
     back = SearchIndex.from_bytes(index.to_bytes())
-    assert (back.kind, back.dim, len(back), back.ef_search) == (kind, 16, 200, index.ef_search)
+    assert (back.kind, back.dim, len(back), back.ef_search, back.rerank) == (kind, 16, 200, 77, 33)
     np.testing.assert_array_equal(back.ids(), index.ids())
     np.testing.assert_array_equal(back.search(x, 5)[1], index.search(x, 5)[1])
     with pytest.raises(InputError, match="magic"):
@@ -204,3 +225,7 @@ def test_validation() -> None:
         SearchIndex(0)
     with pytest.raises(InputError, match="ef_search"):
         SearchIndex(8, "hnsw").ef_search = 0
+    with pytest.raises(InputError, match="rerank"):
+        SearchIndex(8, "pq", rerank=0)
+    with pytest.raises(InputError, match=r"pq_m \(3\) must divide the dimension \(8\)"):
+        SearchIndex(8, "pq", pq_m=3)

@@ -487,7 +487,8 @@ def gallery_keygen(key_file: str) -> None:
 @gallery.command("init")
 @_gallery_options
 @click.option("--database", default=None, help="postgresql://... (default: FOLDER/gallery.sqlite).")
-@click.option("--index", "index_kind", type=click.Choice(["exact", "hnsw"]), default="exact", show_default=True)
+@click.option("--index", "index_kind", type=click.Choice(["exact", "hnsw", "pq"]), default="exact", show_default=True,
+              help="Search index: exact (brute force), hnsw (graph), pq (4-bit codes scanned, best re-scored exactly).")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Policy (TOML); default: enrol and 1:1 verify only, no 1:N search.")
 @click.option("--engine", default=None, help="Engine (see `faceaudit engines`).")

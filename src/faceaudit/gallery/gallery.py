@@ -30,7 +30,7 @@ import tomli_w
 from faceaudit.engines.base import EnrolSettings
 from faceaudit.errors import FaceauditError, InputError
 from faceaudit.gallery.crypto import TemplateCipher
-from faceaudit.gallery.index import SearchIndex
+from faceaudit.gallery.index import KINDS, SearchIndex
 from faceaudit.gallery.log import ChainCheck, LogEntry, next_entry, verify_chain
 from faceaudit.gallery.policy import Policy, PolicyError
 from faceaudit.gallery.store import Store, Tx, get_meta, set_meta
@@ -116,8 +116,8 @@ class Gallery:
         f = Path(folder)
         if (f / SETTINGS).exists():
             raise InputError(f"{f} is a gallery already")
-        if index not in ("exact", "hnsw"):
-            raise InputError(f"index {index!r}: use exact or hnsw")
+        if index not in KINDS:
+            raise InputError(f"index {index!r}: use one of {', '.join(KINDS)}")
         from faceaudit.engines.registry import engine_spec
 
         spec = engine_spec(engine)

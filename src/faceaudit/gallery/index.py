@@ -1,17 +1,25 @@
 """The gallery's search index: FAISS, inner product on L2-normalised float32 templates (= cosine).
 
-Two kinds, both wrapped in ``IndexIDMap2`` so that results carry the store's template ids and
+Three kinds, each wrapped in ``IndexIDMap2`` so that results carry the store's template ids and
 templates can be removed by id:
 
 * ``"exact"`` (the default): ``IndexFlatIP``, brute force over every template. A gallery is usually
-  small enough for this (1,000,000 templates of 128-d take tens of milliseconds per query; see
-  ``benchmarks/gallery_search.py``), and an exact result is explainable: a candidate that is not
-  returned scored lower than every candidate that was, and no index parameter had a say in it.
-* ``"hnsw"``: ``IndexHNSWFlat`` (a navigable small-world graph over the full-precision vectors), for
-  large galleries where exact search is too slow. It is approximate; its recall@10 against exact is
-  measured by the benchmark, and the defaults below are chosen from that measurement. FAISS cannot
-  delete from an HNSW graph, so :meth:`SearchIndex.remove` rebuilds it from the remaining vectors
-  (as costly as a build: removal is erasure and must be complete, not a tombstone).
+  small enough for this (1,000,000 templates of 128-d take some 60-70 ms per query on one core), and
+  an exact result is explainable: a candidate that is not returned scored lower than every candidate
+  that was, and no index parameter had a say in it.
+* ``"hnsw"``: ``IndexHNSWFlat`` (a navigable small-world graph over the full-precision vectors):
+  sub-linear search, good on clustered data such as real face embeddings, poor on unstructured data
+  at scale (see the measurements by the defaults below). FAISS cannot delete from an HNSW graph, so
+  :meth:`SearchIndex.remove` rebuilds it from the remaining vectors, which is as slow as building it.
+* ``"pq"``: ``IndexRefineFlat`` over ``IndexPQFastScan``: every template is also held as a 4-bit
+  product-quantised code (``pq_m`` sub-quantizers, default one per 2 dimensions), all codes are
+  scanned with SIMD lookup tables, and the best ``k * rerank`` candidates are re-scored exactly
+  against the full-precision vectors. A scan of compressed codes does not depend on the data having
+  structure, so recall stays high on any gallery; this is the kind that meets recall@10 >= 0.99 and
+  p50 <= 5 ms at 1,000,000 x 128-d. The codebook is trained on seeded synthetic unit vectors, never
+  on templates: it holds nothing of anyone, templates can be added one at a time from the first, and
+  removal (a rebuild: re-encoding, seconds at 1M) leaves nothing of the removed template behind.
+  On LFW embeddings the synthetic codebook ranks as well as one trained on the embeddings themselves.
 
 The index is derived from the gallery store and can be rebuilt from it at any time; it is never the
 only copy of a template, and losing it loses nothing. It does hold the templates in plaintext (FAISS
@@ -27,6 +35,7 @@ OpenMP (``faiss.omp_get_max_threads()`` threads); a single query runs on one thr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -41,41 +50,66 @@ import numpy.typing as npt
 from faceaudit.errors import InputError
 from faceaudit.gallery.crypto import TemplateCipher
 
-KINDS = ("exact", "hnsw")
+KINDS = ("exact", "hnsw", "pq")
 INDEX_AAD = b"faceaudit-index"
 _MAGIC = b"faceaudit-index\n"
 _FORMAT_VERSION = 1
 _NORM_TOLERANCE = 0.01
 
-# HNSW defaults, measured by benchmarks/gallery_search.py on 1,000,000 random 128-d unit vectors
-# (the hardest case for a graph index: no cluster structure, the 10th and 11th neighbours nearly tie),
-# 2-core AMD EPYC, one thread per query:
+# Defaults measured with benchmarks/gallery_search.py and its preliminary sweeps: 1,000,000 random
+# 128-d unit vectors (unstructured: the nearest neighbours nearly tie, the hardest case for a graph),
+# 1,000 queries, 2-core AMD EPYC (KVM), one thread per query; recall@10 is against "exact".
+#
+# HNSW cannot meet recall@10 >= 0.99 and p50 <= 5 ms together on that data, whatever the parameters.
+# M=48, efConstruction=200 (21 min to build on 2 cores), recall@10 / p50 by efSearch:
+#   256: 0.53 / 3.5 ms   384: 0.66 / 5.1 ms   512: 0.74 / 7.8 ms   1024: 0.91 / 15.6 ms   2048: 0.98 / 31 ms
+# (at 100,000 vectors the same graph reaches 0.99 at efSearch 512 in 3.4 ms: recall falls with N on
+# unstructured data). M=32 reaches slightly lower recall at equal efSearch than M=48 (100,000 vectors:
+# 0.96 vs 0.99 at 512) for 2/3 of the graph memory (256 vs 384 MB at 1M) and build time, which is also
+# the time an erasure takes. Defaults: M=32, efConstruction=200, and efSearch=256, which keeps p50
+# within 5 ms at 1M; its recall on unstructured data is poor and the benchmark reports it. For high
+# recall whatever the structure of the data, use "pq" (or "exact").
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
-DEFAULT_EF_SEARCH = 128
+DEFAULT_EF_SEARCH = 256
+# PQ fast-scan, pq_m=64 (2 dimensions per 4-bit sub-quantizer: 32 bytes a template), re-ranking the best
+# k * rerank, recall@10 / p50 by rerank: 10: 0.86 / 1.5 ms, 20: 0.94 / 1.7 ms, 50: 0.987 / 2.2 ms,
+# 100: 0.997 / 2.1 ms, 200: 0.9997 / 2.8 ms; built in 2 s. pq_m=128 (1 dimension each) reaches 0.9996 at
+# rerank 10 but scans twice the bytes (3.3 ms). Default: dim / 2 sub-quantizers, rerank 100.
+DEFAULT_RERANK = 100
+_PQ_NBITS = 4  # fast-scan needs 4-bit codes: the 16-entry lookup tables live in SIMD registers
+_PQ_TRAIN = 4096  # FAISS k-means uses at most 256 points per centroid: 16 centroids, 4096 points
+_PQ_SEED = 20240917
 
 
 class SearchIndex:
     """Top-k cosine search over templates keyed by int64 ids (see the module docstring).
 
-    ``m``, ``ef_construction`` and ``ef_search`` are HNSW parameters; an exact index records them
-    but does not use them. ``ef_search`` can be changed after building (:attr:`ef_search`).
-    Not safe for concurrent mutation: the gallery serialises writes.
+    ``m``, ``ef_construction`` and ``ef_search`` are HNSW parameters, ``pq_m`` (default ``dim // 2``)
+    and ``rerank`` PQ ones; other kinds record them but do not use them. ``ef_search`` and ``rerank``
+    can be changed after building. Not safe for concurrent mutation: the gallery serialises writes.
     """
 
     def __init__(self, dim: int, kind: str = "exact", *, m: int = DEFAULT_M,
-                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef_search: int = DEFAULT_EF_SEARCH) -> None:
+                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef_search: int = DEFAULT_EF_SEARCH,
+                 pq_m: int | None = None, rerank: int = DEFAULT_RERANK) -> None:
         if kind not in KINDS:
             raise InputError(f"index kind {kind!r} is not one of {', '.join(KINDS)}")
-        for name, value, low in (("dim", dim, 1), ("m", m, 2), ("ef_construction", ef_construction, 1),
-                                 ("ef_search", ef_search, 1)):
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        _positive("dim", dim)
+        if pq_m is None:
+            pq_m = dim // 2 if dim % 2 == 0 else dim
+        for name, value, low in (("m", m, 2), ("ef_construction", ef_construction, 1), ("ef_search", ef_search, 1),
+                                 ("pq_m", pq_m, 1), ("rerank", rerank, 1)):
+            _positive(name, value, low)
+        if dim % pq_m:
+            raise InputError(f"pq_m ({pq_m}) must divide the dimension ({dim})")
         self._dim = int(dim)
         self._kind = kind
         self._m = int(m)
         self._ef_construction = int(ef_construction)
         self._ef_search = int(ef_search)
+        self._pq_m = int(pq_m)
+        self._rerank = int(rerank)
         self._index: faiss.IndexIDMap2 = self._empty()
 
     # -- construction ---------------------------------------------------------------------------------
@@ -85,11 +119,16 @@ class SearchIndex:
         inner: faiss.Index
         if self._kind == "exact":
             inner = faiss.IndexFlatIP(self._dim)
-        else:
+        elif self._kind == "hnsw":
             hnsw = faiss.IndexHNSWFlat(self._dim, self._m, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = self._ef_construction
             hnsw.hnsw.efSearch = self._ef_search
             inner = hnsw
+        else:
+            pq = faiss.clone_index(_pq_codebook(self._dim, self._pq_m))
+            refine = faiss.IndexRefineFlat(pq)  # faiss' wrapper keeps ``pq`` alive with ``refine``
+            refine.k_factor = float(self._rerank)
+            inner = refine
         # faiss' Python wrapper keeps ``inner`` alive as long as the IDMap refers to it
         return faiss.IndexIDMap2(inner)
 
@@ -122,25 +161,42 @@ class SearchIndex:
         return self._ef_construction
 
     @property
+    def pq_m(self) -> int:
+        return self._pq_m
+
+    @property
     def ef_search(self) -> int:
         """HNSW candidate-list size at search time: higher is slower and finds more of the true top-k."""
         return self._ef_search
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise InputError(f"ef_search must be an integer >= 1, got {value!r}")
+        _positive("ef_search", value)
         self._ef_search = int(value)
         inner = self._inner()
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = self._ef_search
 
+    @property
+    def rerank(self) -> int:
+        """PQ: how many candidates per requested result are re-scored exactly (k * rerank in all)."""
+        return self._rerank
+
+    @rerank.setter
+    def rerank(self, value: int) -> None:
+        _positive("rerank", value)
+        self._rerank = int(value)
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            inner.k_factor = float(self._rerank)
+
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
     def __repr__(self) -> str:
-        params = f", m={self._m}, ef_construction={self._ef_construction}, ef_search={self._ef_search}"
-        params = params if self._kind == "hnsw" else ""
+        params = {"exact": "", "hnsw": f", m={self._m}, ef_construction={self._ef_construction}, "
+                                       f"ef_search={self._ef_search}",
+                  "pq": f", pq_m={self._pq_m}, rerank={self._rerank}"}[self._kind]
         return f"SearchIndex(dim={self._dim}, kind={self._kind!r}{params}, n={len(self)})"
 
     def ids(self) -> npt.NDArray[np.int64]:
@@ -151,19 +207,33 @@ class SearchIndex:
         return faiss.downcast_index(self._index.index)
 
     def _storage(self) -> npt.NDArray[np.float32]:
-        """A writable (n, dim) view of the vectors FAISS holds, row i belonging to ``ids()[i]``.
+        """A writable (n, dim) view of the full-precision vectors, row i belonging to ``ids()[i]``.
 
         Only valid while the current FAISS index lives and is not modified.
         """
         inner = self._inner()
-        flat = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+        if isinstance(inner, faiss.IndexHNSW):
+            flat = faiss.downcast_index(inner.storage)
+        elif isinstance(inner, faiss.IndexRefine):
+            flat = faiss.downcast_index(inner.refine_index)
+        else:
+            flat = inner
         n = int(flat.ntotal)
         if n == 0:
             return np.zeros((0, self._dim), np.float32)
         # get_xb (IndexFlat's float pointer) is missing from faiss' type stubs
-        xb = cast(Any, flat).get_xb()
-        view: npt.NDArray[np.float32] = faiss.rev_swig_ptr(xb, n * self._dim)
+        view: npt.NDArray[np.float32] = faiss.rev_swig_ptr(cast(Any, flat).get_xb(), n * self._dim)
         return view.reshape(n, self._dim)
+
+    def _wipe(self) -> None:
+        """Overwrite every vector and code of the current index with zeros (it is about to be dropped)."""
+        self._storage()[:] = 0.0
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            # the 4-bit codes are a lossy copy of each template; AlignedTable is untyped in the stubs
+            codes = cast(Any, faiss.downcast_index(inner.base_index)).codes
+            if codes.size():
+                faiss.rev_swig_ptr(codes.get(), codes.size())[:] = 0
 
     # -- validation -----------------------------------------------------------------------------------
 
@@ -215,15 +285,14 @@ class SearchIndex:
             return
         uniq, counts = np.unique(i, return_counts=True)
         if (counts > 1).any():
-            dup = uniq[counts > 1]
-            raise InputError(f"duplicate ids in one add: {_some(dup)}")
-        present = self._present(i)
+            raise InputError(f"duplicate ids in one add: {_some(uniq[counts > 1])}")
+        present = self._present(uniq)
         if present.size:
             raise InputError(f"ids already in the index: {_some(present)} (remove them first to replace)")
         self._index.add_with_ids(v, i)
 
     def _present(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Those of ``ids`` (unique) that the index holds."""
+        """Those of ``ids`` (unique, sorted) that the index holds."""
         if len(self) == 0:
             return np.zeros(0, np.int64)
         if len(ids) <= 32:
@@ -242,8 +311,9 @@ class SearchIndex:
         """Remove the templates with ``ids`` (absent ids are ignored); returns how many were removed.
 
         The removed vectors are overwritten with zeros in FAISS' memory before they are dropped, so no
-        copy survives in the index object (or anything serialised from it). An HNSW graph cannot
-        delete nodes in FAISS, so it is rebuilt from the remaining vectors: as slow as building it.
+        copy survives in the index object (or anything serialised from it). HNSW graphs and PQ fast-scan
+        codes cannot be deleted from in FAISS, so those kinds are rebuilt from the remaining vectors
+        (HNSW: as slow as building it; PQ: seconds at 1M), and the old index is wiped before it is freed.
         """
         drop = np.unique(self._ids(ids))
         present = self.ids()
@@ -251,21 +321,16 @@ class SearchIndex:
         positions = np.flatnonzero(mask)
         if positions.size == 0:
             return 0
-        storage = self._storage()
         if self._kind == "exact":
-            storage[positions] = 0.0
-            del storage
-            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(present[positions])))
-        else:
-            keep_ids = present[~mask]
-            keep = storage[~mask]  # boolean indexing copies: the remaining vectors, read from FAISS' storage
-            storage[positions] = 0.0
-            del storage
-            self._index = self._empty()  # frees the old graph and storage (now without the removed vectors)
-            if len(keep_ids):
-                self._index.add_with_ids(keep, keep_ids)
-            removed = int(positions.size)
-        return removed
+            self._storage()[positions] = 0.0
+            return int(self._index.remove_ids(faiss.IDSelectorBatch(present[positions])))
+        keep_ids = present[~mask]
+        keep = self._storage()[~mask]  # boolean indexing copies: the remaining vectors, from FAISS' storage
+        self._wipe()
+        self._index = self._empty()  # drops the old index (graph or codes, and its storage, now all zeros)
+        if len(keep_ids):
+            self._index.add_with_ids(keep, keep_ids)
+        return int(positions.size)
 
     # -- search ---------------------------------------------------------------------------------------
 
@@ -274,8 +339,7 @@ class SearchIndex:
 
         Where fewer than ``k`` templates are found, the id is -1 and the score -inf.
         """
-        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-            raise InputError(f"k must be an integer >= 1, got {k!r}")
+        _positive("k", k)
         q = self._vectors(queries, "queries")
         if len(q) == 0 or len(self) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
@@ -289,7 +353,8 @@ class SearchIndex:
 
     def _header(self) -> dict[str, Any]:
         return {"format": _FORMAT_VERSION, "kind": self._kind, "dim": self._dim, "m": self._m,
-                "ef_construction": self._ef_construction, "ef_search": self._ef_search, "n": len(self)}
+                "ef_construction": self._ef_construction, "ef_search": self._ef_search, "pq_m": self._pq_m,
+                "rerank": self._rerank, "n": len(self)}
 
     def to_bytes(self) -> bytes:
         """``magic || uint32 header length || JSON header || faiss.serialize_index`` (plaintext)."""
@@ -311,22 +376,35 @@ class SearchIndex:
             if header.get("format") != _FORMAT_VERSION:
                 raise InputError(f"search index format {header.get('format')!r} is not {_FORMAT_VERSION}")
             index = cls(int(header["dim"]), str(header["kind"]), m=int(header["m"]),
-                        ef_construction=int(header["ef_construction"]), ef_search=int(header["ef_search"]))
+                        ef_construction=int(header["ef_construction"]), ef_search=int(header["ef_search"]),
+                        pq_m=int(header["pq_m"]), rerank=int(header["rerank"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"search index header is not valid ({exc})") from None
         try:
             loaded = faiss.deserialize_index(np.frombuffer(buf, dtype=np.uint8, offset=start + hlen))
         except RuntimeError as exc:
             raise InputError(f"search index body is not a readable FAISS index ({exc})") from None
-        expected = faiss.IndexFlat if index._kind == "exact" else faiss.IndexHNSWFlat
-        inner = faiss.downcast_index(loaded.index) if isinstance(loaded, faiss.IndexIDMap2) else None
-        if (not isinstance(loaded, faiss.IndexIDMap2) or not isinstance(inner, expected)
-                or inner.metric_type != faiss.METRIC_INNER_PRODUCT
-                or int(loaded.d) != index._dim or int(loaded.ntotal) != int(header.get("n", -1))):
+        if not isinstance(loaded, faiss.IndexIDMap2) or not index._matches(faiss.downcast_index(loaded.index)) \
+                or int(loaded.d) != index._dim or int(loaded.ntotal) != int(header.get("n", -1)):
             raise InputError(f"search index body does not match its header ({header})")
         index._index = loaded
-        index.ef_search = index._ef_search  # FAISS stores efSearch too; the header is authoritative
+        # FAISS stores efSearch but not k_factor; the header is authoritative for both
+        index.ef_search = index._ef_search
+        index.rerank = index._rerank
         return index
+
+    def _matches(self, inner: faiss.Index) -> bool:
+        """Whether a deserialised inner index is of this kind, metric and parameters."""
+        if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return False
+        if self._kind == "exact":
+            return isinstance(inner, faiss.IndexFlat)
+        if self._kind == "hnsw":
+            return isinstance(inner, faiss.IndexHNSWFlat)
+        if not isinstance(inner, faiss.IndexRefineFlat):
+            return False
+        base = faiss.downcast_index(inner.base_index)
+        return isinstance(base, faiss.IndexPQFastScan) and int(base.pq.M) == self._pq_m
 
     def save(self, path: str | Path, cipher: TemplateCipher) -> Path:
         """Write the index encrypted with ``cipher`` to ``path``, atomically (all of it or the old file)."""
@@ -359,6 +437,27 @@ class SearchIndex:
         if not p.is_file():
             raise InputError(f"{p}: no such index file; rebuild the index from the gallery store")
         return cls.from_bytes(cipher.decrypt(p.read_bytes(), aad=INDEX_AAD))
+
+
+@functools.lru_cache(maxsize=8)
+def _pq_codebook(dim: int, pq_m: int) -> faiss.Index:
+    """An empty, trained IndexPQFastScan for ``dim`` and ``pq_m``: clone it, never add to it.
+
+    Data-independent codebook: trained on seeded random unit vectors (FAISS' k-means is seeded too), so
+    the same parameters always give the same codebook and it holds nothing of any template. Cached
+    because training takes about a second at 128-d (several at 512-d) and every rebuild needs one.
+    """
+    pq = faiss.IndexPQFastScan(dim, pq_m, _PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(_PQ_SEED)
+    synthetic = rng.standard_normal((_PQ_TRAIN, dim), dtype=np.float32)
+    synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
+    pq.train(synthetic)
+    return pq
+
+
+def _positive(name: str, value: object, low: int = 1) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _some(ids: npt.NDArray[np.int64], limit: int = 5) -> str:
