@@ -59,6 +59,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/audit_lfw.py
 	$(BIN)/python benchmarks/audit_scores_memory.py
 	$(BIN)/python benchmarks/distributed_scale.py
+	$(BIN)/python benchmarks/gallery_enrol.py
+	$(BIN)/python benchmarks/gallery_search.py
 	bash benchmarks/bob/run.sh
 
 # Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
