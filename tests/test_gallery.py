@@ -124,6 +124,8 @@ def test_erasure_leaves_no_bytes_anywhere(tmp_path: Path, key: Path) -> None:
         assert found() == [] and g.verify_erasure("p3", ids) == []
         res = g.index.search(vecs[3:4], 5)[1][0]
         assert row.template_id not in res.tolist()
+        g.enrol("late", CONSENT, embeddings=unit(rng, 1))  # later writes copy zeroed pages, not the template
+        assert found() == [] and g.verify_erasure("p3") == []
     assert CliRunner().invoke(main, ["gallery", "verify-erasure", str(tmp_path / "g"), "p3", "--key",
                                      str(key)]).exit_code == 0
 

@@ -454,9 +454,11 @@ class Gallery:
         if left:
             problems.append(f"template ids {sorted(left)} are still in the saved index")
         if self.store.dialect == "sqlite":
-            wal = Path(f"{self.store.path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                problems.append(f"{wal} still holds pages written before the delete")
+            # deleted content is zeroed only with secure_delete; later WAL frames then copy zeros, not templates
+            with self.store.transaction() as tx:
+                row = tx.one("PRAGMA secure_delete")
+            if not row or int(row[0]) != 1:
+                problems.append("SQLite secure_delete is off: deleted templates may remain in free pages")
         return problems
 
     def log_head(self) -> tuple[int, str] | None:
