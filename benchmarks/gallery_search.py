@@ -51,9 +51,45 @@ def unit_rows(x: np.ndarray, block: int = 100_000) -> np.ndarray:
     return x
 
 
-def ms(seconds: list[float] | np.ndarray) -> dict[str, float]:
+def stall_us() -> int | None:
+    """Microseconds so far during which some task waited for a CPU (Linux PSI), None where unavailable."""
+    try:
+        return int(Path("/proc/pressure/cpu").read_text().split("total=", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Busy:
+    """How busy the machine was over a phase: the share of its time some task waited for a CPU.
+
+    The machine is shared; above a few per cent, latencies are inflated by other processes (or by our
+    own threads outnumbering the cores), so every timed phase reports it next to its numbers.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.s0 = time.perf_counter(), stall_us()
+
+    def share(self) -> float | None:
+        s1 = stall_us()
+        if self.s0 is None or s1 is None:
+            return None
+        return (s1 - self.s0) / 1e6 / (time.perf_counter() - self.t0)
+
+
+def ms(seconds: list[float] | np.ndarray, cpu: list[float] | None = None, busy: Busy | None = None) -> dict[str, Any]:
     s = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(s, 50)), "p99_ms": float(np.percentile(s, 99)), "mean_ms": float(s.mean())}
+    out: dict[str, Any] = {"p50_ms": float(np.percentile(s, 50)), "p99_ms": float(np.percentile(s, 99)),
+                           "mean_ms": float(s.mean())}
+    if cpu is not None:  # CPU time of the calling thread: what a query costs, whatever else runs
+        out["cpu_p50_ms"] = float(np.percentile(np.asarray(cpu) * 1e3, 50))
+    if busy is not None:
+        out["cpu_pressure"] = busy.share()
+    return out
+
+
+def pressure_note(stats: dict[str, Any]) -> str:
+    p = stats.get("cpu_pressure")
+    return "" if p is None or p < 0.05 else f" [machine busy: tasks waited for a CPU {100 * p:.0f}% of the time]"
 
 
 def numpy_top(x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -62,17 +98,19 @@ def numpy_top(x: np.ndarray, q: np.ndarray) -> np.ndarray:
     return top[np.argsort(-s[top])]
 
 
-def single_queries(index: SearchIndex, q: np.ndarray, n: int | None = None) -> tuple[np.ndarray, list[float]]:
-    """Search one query at a time (the 1:N use), returning the top-K ids and each call's time."""
+def single_queries(index: SearchIndex, q: np.ndarray, n: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Search one query at a time (the 1:N use): the top-K ids, and latency statistics."""
     n = len(q) if n is None else n
     ids = np.empty((n, K), np.int64)
-    times = []
+    times, cpu = [], []
+    busy = Busy()
     for i in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         _, got = index.search(q[i:i + 1], K)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
         ids[i] = got[0]
-    return ids, times
+    return ids, ms(times, cpu, busy)
 
 
 def recall(truth: np.ndarray, got: np.ndarray) -> float:
@@ -115,6 +153,8 @@ def synthetic(n: int) -> dict[str, Any]:
     baseline = np.empty((QUERIES, K), np.int64)
     t_numpy: list[float] = []
     t_exact: list[float] = []
+    c_exact: list[float] = []
+    busy = Busy()
     # alternating blocks of 100 queries rather than query by query: right after a NumPy product, OpenBLAS'
     # worker threads spin for a while and slow whatever runs next (measured: FAISS 67 -> 103 ms, NumPy
     # 37 -> 47 ms when interleaved one by one); blocks still expose both to the same drift of the machine
@@ -125,12 +165,14 @@ def synthetic(n: int) -> dict[str, Any]:
             baseline[i] = numpy_top(x, q[i])
             t_numpy.append(time.perf_counter() - t0)
         for i in block:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             _, got = exact.search(q[i:i + 1], K)
             t_exact.append(time.perf_counter() - t0)
+            c_exact.append(time.thread_time() - c0)
             truth[i] = got[0]
     agree = sum(set(a) == set(b) for a, b in zip(baseline.tolist(), truth.tolist(), strict=True))
-    e, b = ms(t_exact), ms(t_numpy)
+    e, b = ms(t_exact, c_exact, busy), ms(t_numpy)
+    b["cpu_pressure"] = e["cpu_pressure"]
     rank1 = float(np.mean(truth[is_mated, 0] == source[is_mated]))
     ratio = e["p50_ms"] / b["p50_ms"]
     out["numpy"] = b
@@ -138,7 +180,8 @@ def synthetic(n: int) -> dict[str, Any]:
                     "same_top10_as_numpy": agree / QUERIES}
     print(f"numpy matvec+argpartition: p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms", flush=True)
     print(f"exact: p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms; exact/numpy p50 {ratio:.2f} (target <= 2); "
-          f"same top-10 as numpy {agree}/{QUERIES}; mated queries found at rank 1: {rank1:.3f}", flush=True)
+          f"same top-10 as numpy {agree}/{QUERIES}; mated queries found at rank 1: {rank1:.3f}{pressure_note(e)}",
+          flush=True)
 
     with TemporaryDirectory() as tmp:
         cipher = TemplateCipher(os.urandom(32))
@@ -162,22 +205,26 @@ def synthetic(n: int) -> dict[str, Any]:
     gc.collect()
 
     # HNSW, defaults, then the efSearch trade-off on the same graph
+    busy = Busy()
     hnsw, build = timed_build(ids, x, "hnsw")
-    got, times = single_queries(hnsw, q)
-    h: dict[str, Any] = {"build_s": build, "m": hnsw.m, "ef_construction": hnsw.ef_construction,
-                         "ef_search": hnsw.ef_search, **ms(times), "recall_at_10": recall(truth, got),
+    build_pressure = busy.share()
+    got, stats = single_queries(hnsw, q)
+    h: dict[str, Any] = {"build_s": build, "build_cpu_pressure": build_pressure, "m": hnsw.m,
+                         "ef_construction": hnsw.ef_construction, "ef_search": hnsw.ef_search, **stats,
+                         "recall_at_10": recall(truth, got),
                          "mated_rank1": float(np.mean(got[is_mated, 0] == source[is_mated]))}
     print(f"hnsw (M={hnsw.m}, efConstruction={hnsw.ef_construction}, efSearch={hnsw.ef_search}): built in "
           f"{build:.0f} s; p50 {h['p50_ms']:.2f} ms (target <= 5), p99 {h['p99_ms']:.2f} ms, recall@10 "
-          f"{h['recall_at_10']:.4f} (target >= 0.99), mated rank 1 {h['mated_rank1']:.3f}", flush=True)
+          f"{h['recall_at_10']:.4f} (target >= 0.99), mated rank 1 {h['mated_rank1']:.3f}{pressure_note(h)}",
+          flush=True)
     sweep: list[dict[str, Any]] = []
     for ef in EF_SWEEP:
         hnsw.ef_search = ef
-        got, times = single_queries(hnsw, q, 300)
-        row = {"ef_search": ef, "recall_at_10": recall(truth[:300], got), **ms(times)}
+        got, stats = single_queries(hnsw, q, 300)
+        row = {"ef_search": ef, "recall_at_10": recall(truth[:300], got), **stats}
         sweep.append(row)
         print(f"  efSearch {ef}: recall@10 {row['recall_at_10']:.4f}, p50 {row['p50_ms']:.2f} ms "
-              f"(first 300 queries)", flush=True)
+              f"(first 300 queries){pressure_note(row)}", flush=True)
     h["ef_sweep"] = sweep
     out["hnsw"] = h
     del hnsw
@@ -185,20 +232,21 @@ def synthetic(n: int) -> dict[str, Any]:
 
     # PQ fast-scan with exact re-ranking
     pq, build = timed_build(ids, x, "pq")
-    got, times = single_queries(pq, q)
-    p: dict[str, Any] = {"build_s": build, "pq_m": pq.pq_m, "rerank": pq.rerank, **ms(times),
+    got, stats = single_queries(pq, q)
+    p: dict[str, Any] = {"build_s": build, "pq_m": pq.pq_m, "rerank": pq.rerank, **stats,
                          "recall_at_10": recall(truth, got),
                          "mated_rank1": float(np.mean(got[is_mated, 0] == source[is_mated]))}
     print(f"pq (pq_m={pq.pq_m} x 4 bits, rerank {pq.rerank}): built in {build:.1f} s; p50 {p['p50_ms']:.2f} ms "
           f"(target <= 5), p99 {p['p99_ms']:.2f} ms, recall@10 {p['recall_at_10']:.4f} (target >= 0.99), "
-          f"mated rank 1 {p['mated_rank1']:.3f}", flush=True)
+          f"mated rank 1 {p['mated_rank1']:.3f}{pressure_note(p)}", flush=True)
     sweep = []
     for r in RERANK_SWEEP:
         pq.rerank = r
-        got, times = single_queries(pq, q)
-        row = {"rerank": r, "recall_at_10": recall(truth, got), **ms(times)}
+        got, stats = single_queries(pq, q)
+        row = {"rerank": r, "recall_at_10": recall(truth, got), **stats}
         sweep.append(row)
-        print(f"  rerank {r}: recall@10 {row['recall_at_10']:.4f}, p50 {row['p50_ms']:.2f} ms", flush=True)
+        print(f"  rerank {r}: recall@10 {row['recall_at_10']:.4f}, p50 {row['p50_ms']:.2f} ms{pressure_note(row)}",
+              flush=True)
     p["rerank_sweep"] = sweep
     t0 = time.perf_counter()
     pq.remove(np.array([n // 2]))
@@ -228,8 +276,8 @@ def lfw() -> dict[str, Any]:
     truth = None
     for kind in ("exact", "hnsw", "pq"):
         index, build = timed_build(gallery.astype(np.int64), x[gallery], kind)
-        got, times = single_queries(index, q)
-        row = {"build_s": build, **ms(times),
+        got, stats = single_queries(index, q)
+        row = {"build_s": build, **stats,
                "rank1_identification_rate": float(np.mean(subjects[got[:, 0]] == subjects[probes]))}
         if truth is None:
             truth = got
@@ -238,7 +286,7 @@ def lfw() -> dict[str, Any]:
         out[kind] = row
         extra = f", recall@10 vs exact {row['recall_at_10']:.4f}" if "recall_at_10" in row else ""
         print(f"  {kind}: built in {build:.2f} s; rank-1 {row['rank1_identification_rate']:.4f}; "
-              f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms{extra}", flush=True)
+              f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms{extra}{pressure_note(row)}", flush=True)
     return out
 
 

@@ -20,7 +20,8 @@ HNSW = {"m": 16, "ef_construction": 64, "ef_search": 256}
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
 
 
 def make(kind: str, ids: np.ndarray, x: np.ndarray) -> SearchIndex:

@@ -4,21 +4,23 @@ Three kinds, each wrapped in ``IndexIDMap2`` so that results carry the store's t
 templates can be removed by id:
 
 * ``"exact"`` (the default): ``IndexFlatIP``, brute force over every template. A gallery is usually
-  small enough for this (1,000,000 templates of 128-d take some 60-70 ms per query on one core), and
-  an exact result is explainable: a candidate that is not returned scored lower than every candidate
-  that was, and no index parameter had a say in it.
+  small enough for this (1,000,000 templates of 128-d take 26 ms per query on one core, less than
+  NumPy's matrix-vector product and top-10 on two: 36 ms), and an exact result is explainable: a
+  candidate that is not returned scored lower than every candidate that was, and no index parameter
+  had a say in it.
 * ``"hnsw"``: ``IndexHNSWFlat`` (a navigable small-world graph over the full-precision vectors):
-  sub-linear search, good on clustered data such as real face embeddings, poor on unstructured data
-  at scale (see the measurements by the defaults below). FAISS cannot delete from an HNSW graph, so
-  :meth:`SearchIndex.remove` rebuilds it from the remaining vectors, which is as slow as building it.
+  sub-linear search; recall@10 0.9999 on an LFW gallery (5,749 real templates), but poor on
+  unstructured data at scale (see the measurements by the defaults below). FAISS cannot delete from an
+  HNSW graph, so :meth:`SearchIndex.remove` rebuilds it from the remaining vectors: as slow as a build.
 * ``"pq"``: ``IndexRefineFlat`` over ``IndexPQFastScan``: every template is also held as a 4-bit
   product-quantised code (``pq_m`` sub-quantizers, default one per 2 dimensions), all codes are
   scanned with SIMD lookup tables, and the best ``k * rerank`` candidates are re-scored exactly
   against the full-precision vectors. A scan of compressed codes does not depend on the data having
-  structure, so recall stays high on any gallery; this is the kind that meets recall@10 >= 0.99 and
-  p50 <= 5 ms at 1,000,000 x 128-d. The codebook is trained on seeded synthetic unit vectors, never
-  on templates: it holds nothing of anyone, templates can be added one at a time from the first, and
-  removal (a rebuild: re-encoding, seconds at 1M) leaves nothing of the removed template behind.
+  structure, so its recall does not collapse on unstructured data; this is the kind that meets
+  recall@10 >= 0.99 and p50 <= 5 ms at 1,000,000 x 128-d. The codebook is trained on seeded
+  synthetic unit vectors, never on templates: it holds nothing of anyone, templates can be added one
+  at a time from the first, and removal (a rebuild: re-encoding, 3 s at 1M) leaves nothing of the
+  removed template behind.
   On LFW embeddings the synthetic codebook ranks as well as one trained on the embeddings themselves.
 
 The index is derived from the gallery store and can be rebuilt from it at any time; it is never the
@@ -29,8 +31,9 @@ associated data ``faceaudit-index``) and writes it atomically (temporary file in
 fsync, rename), and removal overwrites the removed vectors in memory before FAISS lets go of them.
 
 Normalisation is the caller's job; vectors whose norm is not within 1 ± 0.01 are refused, because
-inner product is cosine similarity only on unit vectors. FAISS parallelises over queries with
-OpenMP (``faiss.omp_get_max_threads()`` threads); a single query runs on one thread.
+inner product is cosine similarity only on unit vectors. FAISS parallelises batches of queries with
+OpenMP (``faiss.omp_get_max_threads()`` threads) and builds HNSW graphs on all of them; a single query
+runs on one thread.
 """
 
 from __future__ import annotations
@@ -56,26 +59,31 @@ _MAGIC = b"faceaudit-index\n"
 _FORMAT_VERSION = 1
 _NORM_TOLERANCE = 0.01
 
-# Defaults measured with benchmarks/gallery_search.py and its preliminary sweeps: 1,000,000 random
-# 128-d unit vectors (unstructured: the nearest neighbours nearly tie, the hardest case for a graph),
-# 1,000 queries, 2-core AMD EPYC (KVM), one thread per query; recall@10 is against "exact".
+# Defaults measured with benchmarks/gallery_search.py (results/gallery_search.json) and sweeps before
+# it: 1,000,000 random 128-d unit vectors (unstructured: the nearest neighbours nearly tie, the
+# hardest case for a graph), 1,000 single queries, 2-core AMD EPYC (KVM), FAISS 1.15; recall@10 is
+# against "exact".
 #
-# HNSW cannot meet recall@10 >= 0.99 and p50 <= 5 ms together on that data, whatever the parameters.
-# M=48, efConstruction=200 (21 min to build on 2 cores), recall@10 / p50 by efSearch:
-#   256: 0.53 / 3.5 ms   384: 0.66 / 5.1 ms   512: 0.74 / 7.8 ms   1024: 0.91 / 15.6 ms   2048: 0.98 / 31 ms
-# (at 100,000 vectors the same graph reaches 0.99 at efSearch 512 in 3.4 ms: recall falls with N on
-# unstructured data). M=32 reaches slightly lower recall at equal efSearch than M=48 (100,000 vectors:
-# 0.96 vs 0.99 at 512) for 2/3 of the graph memory (256 vs 384 MB at 1M) and build time, which is also
-# the time an erasure takes. Defaults: M=32, efConstruction=200, and efSearch=256, which keeps p50
-# within 5 ms at 1M; its recall on unstructured data is poor and the benchmark reports it. For high
-# recall whatever the structure of the data, use "pq" (or "exact").
+# HNSW met recall@10 >= 0.99 and p50 <= 5 ms together on that data with no parameters tried.
+# M=32, efConstruction=200 (17 min to build on 2 cores), recall@10 / p50 by efSearch:
+#   64: 0.15 / 0.7 ms   128: 0.25 / 1.3 ms   256: 0.39 / 2.7 ms   512: 0.58 / 5.0 ms
+#   1024: 0.78 / 11 ms  2048: 0.92 / 22 ms
+# M=48 (21 min): 256: 0.53 / 3.5 ms, 512: 0.74 / 7.8 ms, 2048: 0.98 / 31 ms, 2560: 0.990 / 34 ms.
+# At 100,000 vectors M=32 reaches 0.99 near efSearch 800 (about 4 ms), M=48 at 512 (3.4 ms): recall
+# falls with N on unstructured data. At 1M, M=48 raises recall at equal efSearch (256: 0.53 vs 0.39) but
+# nowhere near 0.99 within 5 ms, for 1.5x the graph memory (384 vs 256 MB) and build time, which is
+# also what an erasure costs. Defaults: M=32, efConstruction=200, efSearch=256,
+# which keeps p50 within 5 ms at 1M (2.6 ms; p99 3.8 ms); its recall on unstructured data is poor
+# (0.40, and 1.5% of the noisy copies of a template did not find it first) and the benchmark reports
+# it. For high recall whatever the structure of the data, use "pq" (or "exact").
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_EF_SEARCH = 256
 # PQ fast-scan, pq_m=64 (2 dimensions per 4-bit sub-quantizer: 32 bytes a template), re-ranking the best
-# k * rerank, recall@10 / p50 by rerank: 10: 0.86 / 1.5 ms, 20: 0.94 / 1.7 ms, 50: 0.987 / 2.2 ms,
-# 100: 0.997 / 2.1 ms, 200: 0.9997 / 2.8 ms; built in 2 s. pq_m=128 (1 dimension each) reaches 0.9996 at
-# rerank 10 but scans twice the bytes (3.3 ms). Default: dim / 2 sub-quantizers, rerank 100.
+# k * rerank, recall@10 by rerank: 10: 0.87, 20: 0.94, 50: 0.987, 100: 0.998, 200: 0.9997, p50 2-3 ms
+# for all of them (the scan of 1M codes dominates); default rerank 100: p50 2.5 ms, p99 4.2 ms, built in
+# 3 s, every noisy copy found first. pq_m=128 (1 dimension each) reaches 0.9996 at rerank 10 but scans
+# twice the bytes (3.3 ms). Default: dim / 2 sub-quantizers, rerank 100.
 DEFAULT_RERANK = 100
 _PQ_NBITS = 4  # fast-scan needs 4-bit codes: the 16-entry lookup tables live in SIMD registers
 _PQ_TRAIN = 4096  # FAISS k-means uses at most 256 points per centroid: 16 centroids, 4096 points
@@ -343,7 +351,21 @@ class SearchIndex:
         q = self._vectors(queries, "queries")
         if len(q) == 0 or len(self) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        scores, labels = self._index.search(q, int(k))
+        if len(q) == 1:
+            # One query runs on one OpenMP thread. Measured at 1M x 128 on 2 idle cores: the flat scan
+            # takes 23 ms with one thread allowed and 57 ms with two (FAISS 1.15 takes a slower path,
+            # though it still scans on one thread); PQ fast-scan splits the scan over threads for no
+            # measurable gain (2.7 vs 2.8 ms) and, when another process holds a core, waits for it at
+            # OpenMP's barrier (p50 2.7 -> 12 ms). HNSW searches a query on one thread either way.
+            # omp_set_num_threads changes the calling OS thread's setting only; it is restored at once.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, labels = self._index.search(q, int(k))
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            scores, labels = self._index.search(q, int(k))
         scores = np.asarray(scores, np.float32)
         labels = np.asarray(labels, np.int64)
         scores[labels < 0] = -np.inf  # FAISS fills empty slots with -FLT_MAX
