@@ -24,28 +24,19 @@ from typing import Any
 
 from faceaudit.errors import FaceauditError, InputError
 
-_TABLES = {
-    "sqlite": [
-        """CREATE TABLE IF NOT EXISTS subjects (subject_id TEXT PRIMARY KEY, consent TEXT NOT NULL,
-               created TEXT NOT NULL, expires TEXT)""",
-        """CREATE TABLE IF NOT EXISTS templates (template_id INTEGER PRIMARY KEY AUTOINCREMENT,
-               subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-               blob BLOB NOT NULL, created TEXT NOT NULL, source TEXT)""",
-        "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
-        "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-    "postgres": [
-        """CREATE TABLE IF NOT EXISTS subjects (subject_id TEXT PRIMARY KEY, consent TEXT NOT NULL,
-               created TEXT NOT NULL, expires TEXT)""",
-        """CREATE TABLE IF NOT EXISTS templates (template_id BIGSERIAL PRIMARY KEY,
-               subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-               blob BYTEA NOT NULL, created TEXT NOT NULL, source TEXT)""",
-        "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
-        "CREATE TABLE IF NOT EXISTS log (seq BIGINT PRIMARY KEY, entry TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-}
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS subjects (subject_id TEXT PRIMARY KEY, consent TEXT NOT NULL,
+           created TEXT NOT NULL, expires TEXT)""",
+    """CREATE TABLE IF NOT EXISTS templates (template_id {serial},
+           subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+           blob {bytes} NOT NULL, created TEXT NOT NULL, source TEXT)""",
+    "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
+    "CREATE TABLE IF NOT EXISTS log (seq {bigint} PRIMARY KEY, entry TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+#: The only column types the two databases spell differently.
+_TYPES = {"sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytes": "BLOB", "bigint": "INTEGER"},
+          "postgres": {"serial": "BIGSERIAL PRIMARY KEY", "bytes": "BYTEA", "bigint": "BIGINT"}}
 
 
 class StoreError(FaceauditError):
@@ -120,8 +111,8 @@ class Store:
                 lite.execute(f"PRAGMA {pragma}")
             store = cls(lite, "sqlite", str(path), path)
         with store.transaction() as tx:
-            for sql in _TABLES[store.dialect]:
-                tx.run(sql)
+            for sql in _SCHEMA:
+                tx.run(sql.format(**_TYPES[store.dialect]))
         return store
 
     @contextmanager
