@@ -12,7 +12,10 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dlib]'
+	# face_recognition, the reference the dlib engine is tested and timed against: --no-deps because its
+	# metadata asks for the source package dlib (a C++ build); dlib-bin provides the same module.
+	$(BIN)/python -m pip install --quiet --no-deps face_recognition==1.3.0
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)

@@ -22,6 +22,7 @@ from faceaudit.errors import InputError
 from faceaudit.io.embeddings import read_embeddings
 from faceaudit.report.html import SECTIONS
 from faceaudit.report.integrity import generate_key, verify_folder
+from browser import chromium, needs_chromium
 from reference import group_rates, pair_table
 from tests_paths import SCHEMA
 
@@ -261,28 +262,13 @@ def test_unusable_groups_and_bad_config_are_clear_errors(tmp_path: Path) -> None
     assert res.exit_code != 0 and "needs groups" in res.output
 
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="Debian's chromium and chromium-driver are not installed (`make test` installs them "
-                           "with apt-get when run as root)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(london: tuple[Path, AuditConfig], tmp_path: Path) -> None:
     """Every section is rendered and every plot decodes, in a real browser; a screenshot is kept for people."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     folder, _ = london
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    # this machine's network is closed: background services would only fail and retry
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
+    with chromium(tmp_path / "profile") as driver:
         driver.get((folder / "report.html").resolve().as_uri())
         for section in SECTIONS:
             el = driver.find_element(By.ID, section)
@@ -296,8 +282,6 @@ def test_report_renders_in_headless_chromium(london: tuple[Path, AuditConfig], t
         driver.set_window_size(1200, min(height, 12000))
         shot = tmp_path / "report.png"
         assert driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
     pixels = np.asarray(Image.open(shot).convert("L"), np.float64)
     assert pixels.shape[1] >= 1000 and pixels.std() > 10  # a page with content, not a blank one
 

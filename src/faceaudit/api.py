@@ -137,9 +137,9 @@ def embed(
     a path for another, False for none. ``cluster``: a ``distributed.Client``; workers then read and
     enrol the images (from paths they must all see) and the results fill this machine's cache.
     """
-    settings = settings or EnrolSettings()
     inputs = source if isinstance(source, pd.DataFrame) else read_inputs(source)
     spec = engine_spec(engine)
+    settings = (settings or EnrolSettings()).resolve(spec.min_det_score)
     store = None if cache is False else EmbeddingCache(None if cache is True else cache)
     try:
         if cluster is not None:

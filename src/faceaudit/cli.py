@@ -15,15 +15,16 @@ from faceaudit.engines.base import EnrolSettings, FacePolicy
 from faceaudit.errors import FaceauditError
 
 
-def _settings(policy: str, min_score: float, min_face: float) -> EnrolSettings:
+def _settings(policy: str, min_score: float | None, min_face: float) -> EnrolSettings:
     return EnrolSettings(policy=FacePolicy(policy), min_det_score=min_score, min_face_px=min_face)
 
 
 _policy_opts = [
     click.option("--face", "policy", type=click.Choice([p.value for p in FacePolicy]), default="central",
                  show_default=True, help="Which face is the subject when an image has several."),
-    click.option("--min-score", type=float, default=EnrolSettings().min_det_score, show_default=True,
-                 help="Detector confidence below which a face fails to enrol."),
+    click.option("--min-score", type=float, default=None,
+                 help="Detector confidence below which a face fails to enrol (default: the engine's own; "
+                      "`faceaudit engines` lists it: 0.6 for yunet-sface, 0 for dlib's HOG margin)."),
     click.option("--min-face", type=float, default=EnrolSettings().min_face_px, show_default=True,
                  help="Shortest face box side, in pixels, below which a face fails to enrol."),
 ]
@@ -104,7 +105,8 @@ def detect(images: tuple[str, ...], engine: str | None, as_json: bool) -> None:
 @cluster_option
 @policy_options
 def embed(source: str, out: str, engine: str | None, workers: int | None, batch_size: int, cache_path: str | None,
-          no_cache: bool, quiet: bool, cluster: str | None, policy: str, min_score: float, min_face: float) -> None:
+          no_cache: bool, quiet: bool, cluster: str | None, policy: str, min_score: float | None,
+          min_face: float) -> None:
     """Embed every image of SOURCE: a folder with one subfolder per subject, or a manifest (CSV or
     Parquet with `path` and `subject_id`). Writes one row per image to --out, failures with a reason."""
     from faceaudit.api import embed as run_embed
@@ -127,7 +129,7 @@ def embed(source: str, out: str, engine: str | None, workers: int | None, batch_
 @click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @policy_options
-def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy: str, min_score: float,
+def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy: str, min_score: float | None,
            min_face: float) -> None:
     """Do images A and B show the same person? Exit 0 with a decision, 1 when a face cannot be enrolled."""
     from faceaudit.api import verify as run_verify
@@ -151,20 +153,32 @@ def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def engines(as_json: bool) -> None:
-    """List the available engines with their identity."""
-    from faceaudit.engines.registry import list_engines
+    """List the engines: identity, licence, embedding size, source, and whether each is installed here."""
+    from faceaudit.engines.registry import families, list_engines
 
     items: list[dict[str, Any]] = [
-        {"name": s.name, "description": s.description, "identity": s.identity().to_dict()} for s in list_engines()
+        {"name": s.name, "description": s.description, "licence": s.licence, "source": s.source,
+         "min_det_score": s.min_det_score, "installed": s.missing() is None, "install": s.missing(),
+         "identity": s.identity().to_dict()} for s in list_engines()
     ]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
     for it in items:
         ident = it["identity"]
-        click.echo(f"{it['name']}  (v{ident['version']}, {ident['embedding_dim']}-d): {it['description']}")
+        state = "" if it["installed"] else f"  [not installed: {it['install']}]"
+        click.echo(f"{it['name']}  (v{ident['version']}, {ident['embedding_dim']}-d){state}")
+        click.echo(f"  {it['description']}")
+        click.echo(f"  licence: {it['licence']}")
+        click.echo(f"  source: {it['source']}")
+        click.echo(f"  identity: {ident['name']} v{ident['version']}, default min detector score "
+                   f"{it['min_det_score']:g}")
         for m in ident["models"]:
-            click.echo(f"  {m['role']}: {m['file']}  {m['licence']}  sha256 {m['sha256'][:16]}...")
+            digest = f"sha256 {m['sha256'][:16]}..." if m["sha256"] else "built into the library"
+            click.echo(f"  {m['role']}: {m['file']}  {m['licence']}  {digest}")
+    for prefix in families():
+        click.echo(f"{prefix}:PATH  any ArcFace-style ONNX embedding model by path (YuNet detection and alignment; "
+                   "input size, layout and normalisation from the model or PATH.json)")
 
 
 @main.command()
@@ -281,7 +295,9 @@ def _intersections(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | Non
 @click.option("--attributes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV/Parquet of labels joined on path or subject_id.")
 @click.option("--labels", default=None, help="How the demographic labels were obtained (stated in the report).")
-@click.option("--engine", default=None, help="Engine to audit (see `faceaudit engines`).")
+@click.option("--engine", "engines", multiple=True,
+              help="Engine to audit (see `faceaudit engines`); repeat it to compare engines side by side on the "
+                   "same images (the first is the reference).")
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Audit precomputed embeddings (from `faceaudit embed`) instead of embedding images.")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -305,7 +321,7 @@ def _intersections(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | Non
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @cluster_option
 def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | None, pairs: str | None,
-          attributes: str | None, labels: str | None, engine: str | None, embeddings: str | None,
+          attributes: str | None, labels: str | None, engines: tuple[str, ...], embeddings: str | None,
           scores: str | None, distance: bool | None, system_name: str | None, by: tuple[str, ...],
           intersections: tuple[str, ...], fmrs: tuple[float, ...], bootstrap: int | None, permutations: int | None,
           seed: int | None, impostor_sample: float | None, workers: int | None, no_cache: bool | None,
@@ -331,6 +347,7 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
                        labels=labels)
     if pairs and fmt is None:
         cfg = cfg.override("dataset", format="pairs")
+    engine: str | tuple[str, ...] | None = (engines[0] if len(engines) == 1 else engines) or None
     cfg = cfg.override("system", engine=engine, embeddings=here(embeddings), scores=here(scores), distance=distance,
                        name=system_name)
     cfg = cfg.override("groups", by=by or None, intersections=_intersections(intersections))
@@ -346,8 +363,17 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
 
 
 def _audit_lines(results: dict[str, Any]) -> list[str]:
+    from faceaudit.report.comparison import headline
     from faceaudit.report.findings import headlines
 
+    if results.get("kind") == "comparison":
+        names = [e["name"] for e in results["engines"]]
+        lines = [f"{e['name']}: {e['protocol']['name']} accuracy {e['protocol']['accuracy']:.2%}"
+                 for e in results["engines"] if e.get("protocol")]
+        for a in results["analyses"]:
+            lines.append(f"By {' x '.join(a['attributes'])}:")
+            lines += [f"  {s}" for s in headline({"engines_order": names}, a, 0)]
+        return lines
     lines = []
     if results.get("protocol"):
         p = results["protocol"]

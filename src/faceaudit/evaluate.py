@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,20 @@ def _coarse_map(fine: Grouping, coarse: Grouping) -> np.ndarray:
     return mapping
 
 
+def images_per_subject(subjects: np.ndarray, ok: np.ndarray, grouping: Grouping) -> np.ndarray:
+    """(S, G): enrolled images of each subject (coded 0..S-1) in each group: what the bootstrap resamples."""
+    out = np.zeros((int(subjects.max()) + 1, grouping.n_groups))
+    np.add.at(out, (subjects[ok], grouping.index[ok]), 1)
+    return out
+
+
+def coarse_stats(stats: PairStatistics, fine: Grouping, grouping: Grouping) -> PairStatistics:
+    """``stats`` (on the finest grouping) folded onto ``grouping`` (exact, :func:`coarsen`)."""
+    if grouping.labels == fine.labels:
+        return stats
+    return coarsen(stats, _coarse_map(fine, grouping), grouping.n_groups)
+
+
 def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics,
            groupings: Sequence[Sequence[str]], targets: Sequence[float], alpha: float,
            subjects: np.ndarray | None = None, bootstrap: BootstrapSpec | None = None,
@@ -91,11 +106,8 @@ def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStati
     out = []
     for attrs in groupings:
         grouping = assign_groups(table, attrs)
-        s = stats if grouping.labels == fine.labels else coarsen(stats, _coarse_map(fine, grouping), grouping.n_groups)
-        per_subject = None
-        if subjects is not None:
-            per_subject = np.zeros((int(subjects.max()) + 1, grouping.n_groups))
-            np.add.at(per_subject, (subjects[ok], grouping.index[ok]), 1)
+        s = coarse_stats(stats, fine, grouping)
+        per_subject = None if subjects is None else images_per_subject(subjects, ok, grouping)
         out.append(analyse(s, grouping, _group_counts(table, grouping, ok, s), list(targets), alpha,
                            per_subject, bootstrap, permutations))
     return out
@@ -193,6 +205,28 @@ def evaluate_frame(
     ``cluster``: a ``distributed.Client`` to run the comparison on (:mod:`faceaudit.distributed`).
     """
     groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
+    sc = score_all_pairs(df, groupings, target_fmrs, bins, top_k, impostor_sample, seed, progress, cluster)
+    return all_pairs_result(sc, df, metadata, by, intersect, groupings, alpha, bootstrap, permutations, seed, inputs)
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """All pairs of one embeddings frame folded into statistics on the finest grouping."""
+
+    fine: Grouping
+    ok: np.ndarray
+    subjects: np.ndarray
+    stats: PairStatistics
+    targets: list[float]
+    skipped: list[dict[str, Any]]
+    bins: ScoreBins
+    tail: int
+    sample: ImpostorSample | None
+
+
+def score_all_pairs(df: pd.DataFrame, groupings: Sequence[Sequence[str]], target_fmrs: Sequence[float],
+                     bins: ScoreBins | None, top_k: int | None, impostor_sample: float | None, seed: int,
+                     progress: bool, cluster: Any) -> ScoredPairs:
     fine = assign_groups(df, _finest(groupings))
     ok = df["ok"].to_numpy(bool)
     _enrolled_or_fail(df, ok)
@@ -216,6 +250,13 @@ def evaluate_frame(
         stats = run_plan(plan, progress=progress)
     if stats.n_impostor.sum() == 0:
         raise InputError("no impostor pairs: all enrolled images belong to one subject")
+    return ScoredPairs(fine, ok, subjects, stats, targets, skipped, bins, k, sample)
+
+
+def all_pairs_result(sc: ScoredPairs, df: pd.DataFrame, metadata: dict[str, Any], by: Sequence[str], intersect: bool,
+                      groupings: Sequence[Sequence[str]], alpha: float, bootstrap: int, permutations: int,
+                      seed: int, inputs: dict[str, Any] | None) -> EvaluationResult:
+    sample = sc.sample
     spec = BootstrapSpec(replicates=0 if sample else bootstrap, seed=seed)
     uncertainty = {**_uncertainty(spec), "permutation_test": {
         "permutations": 0 if sample else permutations, "seed": seed,
@@ -224,16 +265,16 @@ def evaluate_frame(
         uncertainty["note"] = ("impostor pairs were sampled: intervals and permutation tests assume all pairs "
                                "and are not computed")
     return EvaluationResult(
-        analyses=_build(df, ok, fine, stats, groupings, targets, alpha, subjects, spec,
+        analyses=_build(df, sc.ok, sc.fine, sc.stats, groupings, sc.targets, alpha, sc.subjects, spec,
                         0 if sample else permutations),
         uncertainty=uncertainty,
-        inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": n},
-        settings=_settings(by, intersect, groupings, targets, skipped, alpha, bins, k,
+        inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": int(sc.ok.sum())},
+        settings=_settings(by, intersect, groupings, sc.targets, sc.skipped, alpha, sc.bins, sc.tail,
                            "all" if sample is None else
                            f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed "
                            f"{sample.seed}, draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: "
                            "all)", COSINE, "all" if sample is None else "sample"),
-        excluded={"failed_to_enrol": int((~ok).sum())},
+        excluded={"failed_to_enrol": int((~sc.ok).sum())},
     )
 
 

@@ -4,7 +4,8 @@ Sections and keys (all optional except where said; see ``examples/audit.toml``):
 
     title = "..."
     [dataset]      path, format (auto|manifest|folder|lfw|pairs), pairs, image_root, attributes, name, labels
-    [system]       engine | embeddings | scores (with distance = true for distances), name
+    [system]       engine | embeddings | scores (with distance = true for distances), name;
+                   engine = ["a", "b"] compares several engines on the same images in one report
     [groups]       by = ["sex", "race"], intersections = [["sex", "race"]], min_subjects
     [metrics]      target_fmrs, alpha
     [pairs]        impostor_sample (probability of keeping each impostor pair; default all pairs)
@@ -48,11 +49,17 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class SystemConfig:
-    engine: str | None = None
+    engine: str | tuple[str, ...] | None = None  # several: a side-by-side comparison, the first the reference
     embeddings: str | None = None
     scores: str | None = None
     distance: bool = False
     name: str | None = None
+
+    def engines(self) -> list[str | None]:
+        """The engines to run: [None] (the default engine) when none is named."""
+        if self.engine is None:
+            return [None]
+        return [self.engine] if isinstance(self.engine, str) else list(self.engine)
 
 
 @dataclass(frozen=True)
@@ -153,8 +160,21 @@ class AuditConfig:
         """Cross-key rules; raises InputError naming what to change."""
         s, d = self.system, self.dataset
         given = [k for k in ("engine", "embeddings", "scores") if getattr(s, k)]
+        if s.engine == ():
+            raise InputError("[system] engine = [] names no engine; name one, or several to compare them")
         if len(given) > 1:
             raise InputError(f"[system]: give one of engine, embeddings or scores, not {' and '.join(given)}")
+        engines = s.engines()
+        if len(engines) > 1:
+            if len(set(engines)) != len(engines):
+                raise InputError(f"[system] engine lists an engine twice: {list(engines)}")
+            if d.format == "pairs":
+                raise InputError("[system] comparing engines needs all pairs among the people (the paired intervals "
+                                 "resample subjects); a pair list gives only its pairs. Use a manifest, folder or "
+                                 "LFW layout")
+            if self.pairs.impostor_sample is not None:
+                raise InputError("[pairs] impostor_sample cannot be used when comparing engines (the paired "
+                                 "intervals need all pairs)")
         if s.distance and not s.scores:
             raise InputError("[system] distance = true applies to score files only (scores = ...)")
         if not s.embeddings and not d.path:

@@ -137,8 +137,8 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
         listing = ds.listing_sha256()
         groupings = _usable_groupings(cfg, ds.label_columns, left_out, warn)  # before the slow part
         cache: str | bool = cfg.run.cache
-        run = embed(ds.table, engine=s.engine, workers=cfg.run.workers, cache=cache, batch_size=cfg.run.batch_size,
-                    progress=progress, cluster=client)
+        run = embed(ds.table, engine=s.engines()[0], workers=cfg.run.workers, cache=cache,
+                    batch_size=cfg.run.batch_size, progress=progress, cluster=client)
         frame, meta, from_cache = run.frame, run.metadata, run.n_cached
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
@@ -225,11 +225,11 @@ def _dataset(cfg: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
 
 def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None = None, progress: bool = True,
               echo: Callable[[str], None] | None = None) -> AuditOutcome:
-    """Run the audit described by ``config`` and write its report folder ``out``."""
-    from faceaudit.report.html import render_html
-    from faceaudit.report.integrity import sign_manifest, write_manifest
-    from faceaudit.report.summary import render_summary
+    """Run the audit described by ``config`` and write its report folder ``out``.
 
+    With several engines (``[system] engine = [...]``) the report compares them side by side
+    (:func:`faceaudit.audit.compare.run_comparison`).
+    """
     say = echo or (lambda m: print(m, file=sys.stderr))
     warnings: list[str] = []
 
@@ -239,7 +239,11 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
 
     config.check()
     out = Path(out)
-    _check_out(out)
+    check_out(out)
+    if len(config.system.engines()) > 1:
+        from faceaudit.audit.compare import run_comparison
+
+        return run_comparison(config, out, sign=sign, progress=progress, say=say, warn=warn, warnings=warnings)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     if config.system.scores:
@@ -251,19 +255,11 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
             inputs = _from_images(config, progress, warn, client)
     for note in inputs.notes:
         warn(note)
-    results = inputs.result.to_dict()
-    results["protocol"] = inputs.protocol
-    results["audit"] = {"title": config.title, "system": _system(config, inputs.engine),
-                        "dataset": _dataset(config, inputs), "left_out": inputs.left_out,
-                        "notes": inputs.notes}
+    results = audit_results(config, inputs)
     provenance = {
         "faceaudit_version": __version__,
         "engine": inputs.engine,
-        "files": inputs.files,
-        "image_listing_sha256": inputs.listing_sha256,
-        "images_merkle_root": merkle_root(inputs.image_hashes) if inputs.image_hashes else None,
-        "images_hashed": len(inputs.image_hashes),
-        "merkle_rule": "RFC 6962 tree hash over leaves SHA-256(0x00 | path | 0x00 | image SHA-256), sorted by path",
+        **_data_provenance(inputs),
         "config": config.to_dict(),
         "seed": config.uncertainty.seed,
         "machine": machine(),
@@ -272,15 +268,55 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
         "images_from_cache": inputs.from_cache,
         "command": " ".join(sys.argv) if sys.argv else None,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
         (tmp / "config.toml").write_text(config.to_toml())
-        (tmp / "summary.md").write_text(render_summary(results, provenance))
-        (tmp / "report.html").write_text(render_html(results, provenance, config.to_toml()))
-        failed = inputs.images[~inputs.images["ok"]]
-        failed.to_csv(tmp / "left_out.csv", index=False)
+        write_report_pages(tmp, results, provenance, config.to_toml(), inputs.images)
+
+    write_folder(out, write, sign)
+    return AuditOutcome(out, results, provenance, warnings)
+
+
+def audit_results(config: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
+    """The results document of one system: the evaluation, the protocol accuracy, and the audit's facts."""
+    results = inputs.result.to_dict()
+    results["protocol"] = inputs.protocol
+    results["audit"] = {"title": config.title, "system": _system(config, inputs.engine),
+                        "dataset": _dataset(config, inputs), "left_out": inputs.left_out,
+                        "notes": inputs.notes}
+    return results
+
+
+def _data_provenance(inputs: _Inputs) -> dict[str, Any]:
+    return {
+        "files": inputs.files,
+        "image_listing_sha256": inputs.listing_sha256,
+        "images_merkle_root": merkle_root(inputs.image_hashes) if inputs.image_hashes else None,
+        "images_hashed": len(inputs.image_hashes),
+        "merkle_rule": "RFC 6962 tree hash over leaves SHA-256(0x00 | path | 0x00 | image SHA-256), sorted by path",
+    }
+
+
+def write_report_pages(folder: Path, results: dict[str, Any], provenance: dict[str, Any], config_toml: str,
+                       images: pd.DataFrame) -> None:
+    """A single system's pages: summary.md, report.html and left_out.csv (the images that failed)."""
+    from faceaudit.report.html import render_html
+    from faceaudit.report.summary import render_summary
+
+    (folder / "summary.md").write_text(render_summary(results, provenance))
+    (folder / "report.html").write_text(render_html(results, provenance, config_toml))
+    images[~images["ok"]].to_csv(folder / "left_out.csv", index=False)
+
+
+def write_folder(out: Path, write: Callable[[Path], None], sign: str | Path | None) -> None:
+    """Build the report in a temporary sibling folder with ``write``, add the manifest (and signature), move it in."""
+    from faceaudit.report.integrity import sign_manifest, write_manifest
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
         write_manifest(tmp)
         if sign is not None:
             sign_manifest(tmp, sign)
@@ -288,10 +324,9 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return AuditOutcome(out, results, provenance, warnings)
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
         raise InputError(f"{out} exists and is not a faceaudit report; choose another --out, or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)

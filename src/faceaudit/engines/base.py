@@ -1,8 +1,10 @@
-"""The engine interface: detector -> 5-point alignment -> embedder, and the values they pass around.
+"""The engine interface: detector -> aligner -> embedder, and the values they pass around.
 
-An :class:`Engine` is the only thing callers use; detectors and embedders are its parts. A new engine
-(dlib, any ArcFace-style ONNX file) provides a :class:`Detector` and an :class:`Embedder` and is
-registered by name in :mod:`faceaudit.engines.registry`; callers do not change.
+An :class:`Engine` is the only thing callers use; detectors, aligners and embedders are its parts.
+A new engine provides the three and is registered by name in :mod:`faceaudit.engines.registry`;
+callers do not change. The aligner belongs to the engine because each embedder was trained on its
+own crops: ArcFace-style models on the 112x112 five-point template (:class:`ArcFaceAligner`), dlib's
+ResNet on dlib's 150x150 face chips (:mod:`faceaudit.engines.dlib_resnet`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from faceaudit.engines.align import align_face
 class Face:
     """One detected face, in pixel coordinates of the upright image.
 
-    ``landmarks`` is (5, 2): image-left eye, image-right eye, nose tip, image-left and image-right
-    mouth corners.
+    ``landmarks`` is (5, 2) in the detector's own scheme, which its engine's aligner reads. YuNet:
+    image-left eye, image-right eye, nose tip, image-left and image-right mouth corners. dlib's
+    5-point predictor: the two corners of each eye and the base of the nose. ``score`` is the
+    detector's own confidence (YuNet: 0 to 1; dlib's HOG: the SVM margin, 0 at its decision boundary).
     """
 
     box: tuple[float, float, float, float]  # x, y, width, height
@@ -101,21 +105,30 @@ class FacePolicy(StrEnum):
 class EnrolSettings:
     """How a face is chosen and when it is refused (failure to enrol).
 
-    ``min_det_score``: the detector's confidence below which the chosen face is refused.
+    ``min_det_score``: the detector's confidence below which the chosen face is refused; None means
+    the engine's own default (:attr:`Engine.default_min_det_score`), since detectors score on
+    different scales.
     ``min_face_px``: the shorter side of the face box, in pixels of the original image, below which
     the face is too small to align well (the 112x112 crop would be mostly upsampled).
     """
 
     policy: FacePolicy = FacePolicy.CENTRAL
-    min_det_score: float = 0.6
+    min_det_score: float | None = None
     min_face_px: float = 24.0
+
+    def resolve(self, default_min_det_score: float) -> EnrolSettings:
+        """These settings with the engine's default score filled in (what the cache key and results record)."""
+        if self.min_det_score is not None:
+            return self
+        return EnrolSettings(self.policy, default_min_det_score, self.min_face_px)
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.value, "min_det_score": self.min_det_score, "min_face_px": self.min_face_px}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnrolSettings:
-        return cls(policy=FacePolicy(d["policy"]), min_det_score=float(d["min_det_score"]),
+        score = d["min_det_score"]
+        return cls(policy=FacePolicy(d["policy"]), min_det_score=None if score is None else float(score),
                    min_face_px=float(d["min_face_px"]))
 
 
@@ -159,12 +172,32 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[Face]: ...
 
 
+class Aligner(Protocol):
+    """Cuts the crop an embedder was trained on: (S, S, 3) uint8 RGB with S = ``input_size``."""
+
+    @property
+    def input_size(self) -> int: ...
+
+    def align(self, rgb: np.ndarray, face: Face) -> np.ndarray: ...
+
+
 class Embedder(Protocol):
     """Embeds aligned crops: ``embed`` takes (N, S, S, 3) uint8 RGB and returns (N, D) float32."""
 
     input_size: int
 
     def embed(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ArcFaceAligner:
+    """Similarity warp of five YuNet-order landmarks onto the ArcFace template (:func:`align_face`)."""
+
+    input_size: int = 112
+
+    def align(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        crop: np.ndarray = align_face(rgb, face.landmarks, self.input_size)
+        return crop
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -191,7 +224,9 @@ def select_faces(faces: Sequence[Face], image_size: tuple[int, int], policy: Fac
 
 
 def check_face(face: Face, settings: EnrolSettings) -> tuple[str, str]:
-    """("", "") when ``face`` may be enrolled, else (reason, message)."""
+    """("", "") when ``face`` may be enrolled, else (reason, message); ``settings`` must be resolved."""
+    if settings.min_det_score is None:
+        raise ValueError("EnrolSettings.min_det_score is unresolved; call settings.resolve(engine default) first")
     if face.score < settings.min_det_score:
         return "low_score", f"detector score {face.score:.3f} is below min_det_score {settings.min_det_score}"
     side = min(face.box[2], face.box[3])
@@ -209,8 +244,16 @@ class Engine:
 
     identity: EngineIdentity
     detector: Detector
+    aligner: Aligner
     embedder: Embedder
     metric: str = "cosine"
+    #: The detector score below which a face is refused when the settings leave it unset.
+    default_min_det_score: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.aligner.input_size != self.embedder.input_size:
+            raise ValueError(f"the aligner cuts {self.aligner.input_size}px crops but the embedder takes "
+                             f"{self.embedder.input_size}px")
 
     @property
     def name(self) -> str:
@@ -222,8 +265,7 @@ class Engine:
 
     def align(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         """The aligned crop the embedder sees."""
-        crop: np.ndarray = align_face(rgb, face.landmarks, self.embedder.input_size)
-        return crop
+        return self.aligner.align(rgb, face)
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of aligned crops."""
@@ -233,6 +275,7 @@ class Engine:
 
     def plan(self, rgb: np.ndarray, settings: EnrolSettings, faces: Sequence[Face] | None = None) -> list[FaceResult]:
         """Detect (unless ``faces`` is given) and choose faces; results to embed have ``ok=True``, no embedding yet."""
+        settings = settings.resolve(self.default_min_det_score)
         found = list(self.detect(rgb) if faces is None else faces)
         chosen = select_faces(found, (rgb.shape[1], rgb.shape[0]), settings.policy)
         if not chosen:

@@ -79,8 +79,8 @@ def embed_files(
     ``workers``: processes (default: all cores); 1 runs in this process. Unreadable and bad files
     become failed results with a reason; the batch always completes.
     """
-    settings = settings or EnrolSettings()
     spec = engine_spec(engine)
+    settings = (settings or EnrolSettings()).resolve(spec.min_det_score)
     key = config_key(spec.identity(), settings, max_pixels)
     workers = max(1, workers or os.cpu_count() or 1)
     outcomes: list[ImageOutcome | None] = [None] * len(files)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from faceaudit.engines.base import Engine, EngineIdentity
+from faceaudit.engines.base import ArcFaceAligner, Engine, EngineIdentity
 from faceaudit.engines.models import SFACE_2021DEC_INT8BQ, YUNET_2023MAR_INT8BQ
 
 NAME = "yunet-sface"
+#: YuNet's confidence (0 to 1) below which a face is refused unless the settings say otherwise.
+MIN_DET_SCORE = 0.6
 #: Bumped whenever anything here changes the vectors (so caches never serve stale ones).
 VERSION = "1"
 
@@ -60,4 +62,5 @@ def load(threads: int = 1) -> Engine:
     cv2.setNumThreads(threads)
     detector = YuNetDetector(YUNET_2023MAR_INT8BQ)
     embedder = OnnxEmbedder(SFACE_2021DEC_INT8BQ.read_verified(), threads=threads)
-    return Engine(identity=identity(), detector=detector, embedder=embedder)
+    return Engine(identity=identity(), detector=detector, aligner=ArcFaceAligner(embedder.input_size),
+                  embedder=embedder, default_min_det_score=MIN_DET_SCORE)

@@ -34,14 +34,14 @@ from faceaudit.scoring.stats import PairStatistics
 SCHEMA_VERSION = "1.1"
 
 
-def _clean(x: Any) -> Any:
+def json_ready(x: Any) -> Any:
     """JSON-ready: numpy scalars to Python, NaN and inf to None, recursively."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return json_ready(x.tolist())
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, float | np.floating):
@@ -178,7 +178,7 @@ class Analysis:
                     "edges": self.histograms[i].edges, "genuine": self.histograms[i].genuine,
                     "impostor": self.histograms[i].impostor},
             })
-        out: dict[str, Any] = _clean({
+        out: dict[str, Any] = json_ready({
             "attributes": list(self.grouping.attributes),
             "groups": [{"group": lab, "values": self.grouping.values(i)} for i, lab in enumerate(labels)],
             "counts": [c.__dict__ for c in self.counts],
@@ -235,7 +235,7 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         from faceaudit import __version__
 
-        out: dict[str, Any] = _clean({
+        out: dict[str, Any] = json_ready({
             "schema_version": SCHEMA_VERSION,
             "faceaudit_version": __version__,
             "inputs": self.inputs,
