@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from browser import chromium, needs_chromium
 from faceaudit.audit.config import AuditConfig, DatasetConfig, GroupsConfig, MetricsConfig, RunConfig, UncertaintyConfig
 from faceaudit.audit.run import run_audit
 from faceaudit.cli import main
@@ -22,7 +23,6 @@ from faceaudit.errors import InputError
 from faceaudit.io.embeddings import read_embeddings
 from faceaudit.report.html import SECTIONS
 from faceaudit.report.integrity import generate_key, verify_folder
-from browser import chromium, needs_chromium
 from reference import group_rates, pair_table
 from tests_paths import SCHEMA
 

@@ -13,8 +13,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from browser import chromium, needs_chromium
-from faceaudit.audit.config import AuditConfig, DatasetConfig, GroupsConfig, MetricsConfig, RunConfig, SystemConfig
-from faceaudit.audit.config import UncertaintyConfig
+from faceaudit.audit.config import (
+    AuditConfig,
+    DatasetConfig,
+    GroupsConfig,
+    MetricsConfig,
+    RunConfig,
+    SystemConfig,
+    UncertaintyConfig,
+)
 from faceaudit.audit.run import run_audit
 from faceaudit.cli import main
 from faceaudit.comparison import EngineRun, compare_frames
@@ -136,8 +143,8 @@ def test_compare_frames_uses_the_images_every_engine_enrolled() -> None:
     ok_a = np.ones(len(subj), bool)
     ok_b = ok_a.copy()
     ok_b[[0, 5]] = False
-    res = compare_frames([EngineRun("A", _frame(ea, subj, sex, ok_a), {}), EngineRun("B", _frame(eb, subj, sex, ok_b), {})],
-                         [["sex"]], target_fmrs=[0.05], bootstrap=50, permutations=0)
+    runs = [EngineRun("A", _frame(ea, subj, sex, ok_a), {}), EngineRun("B", _frame(eb, subj, sex, ok_b), {})]
+    res = compare_frames(runs, [["sex"]], target_fmrs=[0.05], bootstrap=50, permutations=0)
     assert res.common["enrolled_by_all"] == len(subj) - 2
     assert res.results[0].inputs["enrolled"] == res.results[1].inputs["enrolled"] == len(subj) - 2
     assert res.results[0].excluded == {"failed_to_enrol": 0, "enrolled_but_failed_by_another_engine": 2}
