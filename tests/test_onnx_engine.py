@@ -287,3 +287,24 @@ def test_graph_with_a_fixed_batch_runs_one_crop_at_a_time(tmp_path: Path, f32: o
     engine = get_engine(f"onnx:{path}")
     assert getattr(engine.embedder, "max_batch", None) == 1
     assert_same_as_default(engine, images, reference)
+
+
+def test_a_model_replaced_mid_run_is_refused_not_cached_under_the_old_identity(
+        tmp_path: Path, f32_bytes: bytes, f32: onnx.ModelProto, tiny: pd.DataFrame) -> None:
+    """The caller keys the cache with the identity it saw; a worker that loads a different file must refuse."""
+    from faceaudit.engines.batch import embed_files
+    from faceaudit.engines.worker import init_worker, work
+
+    path = write_model(tmp_path / "m.onnx", f32_bytes, {"mean": 0, "std": 1})
+    spec = engine_spec(f"onnx:{path}")
+    before = spec.identity().fingerprint
+    init_worker(spec.name, EnrolSettings().resolve(0.6).to_dict(), 10**8, before)
+    chunk = [(0, str(tiny["file"][0]), Path(tiny["file"][0]).read_bytes())]
+    assert work(chunk)[0][1][0].ok
+    changed = copy.deepcopy(f32)
+    onnx.helper.set_model_props(changed, {"note": "another file"})
+    write_model(path, changed, {"mean": 0, "std": 1})  # another file: another identity
+    init_worker(spec.name, EnrolSettings().resolve(0.6).to_dict(), 10**8, before)
+    with pytest.raises(ModelError, match="changed after this run started"):
+        work(chunk)
+    assert embed_files([str(tiny["file"][0])], engine=spec.name, workers=1, progress=False)[0].results[0].ok

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from faceaudit.engines.base import Engine, EnrolSettings, FaceResult
 from faceaudit.engines.cache import EmbeddingCache, config_key
 from faceaudit.engines.registry import engine_spec
-from faceaudit.engines.worker import Chunk, enrol_chunk, init_worker, work
+from faceaudit.engines.worker import Chunk, check_identity, enrol_chunk, init_worker, work
 from faceaudit.errors import FaceauditError, ImageError
 from faceaudit.io.images import DEFAULT_MAX_PIXELS, read_bytes, sha256_bytes
 
@@ -47,14 +47,17 @@ def _mp_context() -> Any:
 class _Inline:
     """Runs chunks in this process (``workers=1``), loading the engine on first use."""
 
-    def __init__(self, engine_name: str, settings: EnrolSettings, max_pixels: int, threads: int) -> None:
+    def __init__(self, engine_name: str, settings: EnrolSettings, max_pixels: int, threads: int,
+                 fingerprint: str | None = None) -> None:
         self._args = (engine_name, settings, max_pixels, threads)
+        self._fingerprint = fingerprint
         self._engine: Engine | None = None
 
     def submit(self, chunk: Chunk) -> cf.Future[list[tuple[int, list[FaceResult]]]]:
         name, settings, max_pixels, threads = self._args
         if self._engine is None:
             self._engine = engine_spec(name).load(threads)
+            check_identity(self._engine, self._fingerprint)
         fut: cf.Future[list[tuple[int, list[FaceResult]]]] = cf.Future()
         fut.set_result(enrol_chunk(self._engine, chunk, settings, max_pixels))
         return fut
@@ -81,7 +84,8 @@ def embed_files(
     """
     spec = engine_spec(engine)
     settings = (settings or EnrolSettings()).resolve(spec.min_det_score)
-    key = config_key(spec.identity(), settings, max_pixels)
+    identity = spec.identity()
+    key = config_key(identity, settings, max_pixels)
     workers = max(1, workers or os.cpu_count() or 1)
     outcomes: list[ImageOutcome | None] = [None] * len(files)
     hashes: dict[int, str] = {}
@@ -112,11 +116,11 @@ def embed_files(
         nonlocal executor
         if executor is None:
             if workers == 1:
-                executor = _Inline(spec.name, settings, max_pixels, threads=1)
+                executor = _Inline(spec.name, settings, max_pixels, threads=1, fingerprint=identity.fingerprint)
             else:
                 executor = cf.ProcessPoolExecutor(
                     max_workers=workers, mp_context=_mp_context(), initializer=init_worker,
-                    initargs=(spec.name, settings.to_dict(), max_pixels),
+                    initargs=(spec.name, settings.to_dict(), max_pixels, identity.fingerprint),
                 )
         in_flight.add(executor.submit(work, chunk) if workers > 1 else executor.submit(chunk))
         while len(in_flight) >= 2 * workers:

@@ -16,7 +16,7 @@ import numpy as np
 
 from faceaudit.engines.base import Engine, EnrolSettings, FaceResult
 from faceaudit.engines.registry import engine_spec
-from faceaudit.errors import ImageError
+from faceaudit.errors import ImageError, ModelError
 from faceaudit.io.images import decode_image
 
 Chunk = list[tuple[int, str, bytes]]
@@ -47,12 +47,22 @@ def enrol_chunk(
     return [(idx, out[idx]) for idx, _, _ in chunk]
 
 
+def check_identity(engine: Engine, fingerprint: str | None) -> None:
+    """Refuse to embed when the loaded engine is not the one the caller keys its results with (a model file
+    given by path was replaced after the run started): its vectors would be cached under the old identity."""
+    if fingerprint is not None and engine.identity.fingerprint != fingerprint:
+        raise ModelError(f"the model files of engine {engine.name!r} changed after this run started; run again "
+                         "(the cache keeps what was already embedded)")
+
+
 # --- worker process state (one engine per process, loaded once) ---
 _WORKER: dict[str, Any] = {}
 
 
-def init_worker(engine_name: str, settings: dict[str, Any], max_pixels: int) -> None:
+def init_worker(engine_name: str, settings: dict[str, Any], max_pixels: int, fingerprint: str | None = None) -> None:
+    """Load the engine once per process; ``fingerprint``: the identity the caller keys its cache with."""
     _WORKER["engine"] = engine_spec(engine_name).load(1)
+    _WORKER["fingerprint"] = fingerprint
     _WORKER["settings"] = EnrolSettings.from_dict(settings)
     _WORKER["max_pixels"] = max_pixels
     release_free_memory()
@@ -67,4 +77,5 @@ def release_free_memory() -> None:
 
 
 def work(chunk: Chunk) -> list[tuple[int, list[FaceResult]]]:
+    check_identity(_WORKER["engine"], _WORKER.get("fingerprint"))
     return enrol_chunk(_WORKER["engine"], chunk, _WORKER["settings"], _WORKER["max_pixels"])
