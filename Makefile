@@ -61,17 +61,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lfw_vs_pyeer.py
 	$(BIN)/python benchmarks/audit_lfw.py
 	$(BIN)/python benchmarks/audit_scores_memory.py
+	$(BIN)/python benchmarks/dlib_engine.py
+	$(BIN)/python benchmarks/onnx_engine_lfw.py
+	$(BIN)/python benchmarks/compare_lfw.py
 	$(BIN)/python benchmarks/distributed_scale.py
 	$(BIN)/python benchmarks/gallery_enrol.py
 	$(BIN)/python benchmarks/gallery_search.py
 	bash benchmarks/bob/run.sh
 
-# Rebuild the default engine's verification calibration from LFW (all pairs, about 87.5 million).
+# Rebuild the bundled engines' verification calibrations from LFW (all pairs, about 87.5 million).
 calibrate: $(STAMP)
-	$(BIN)/faceaudit embed $(LFW)/manifest.csv --out build/lfw-yunet-sface.parquet
-	$(BIN)/faceaudit calibrate --embeddings build/lfw-yunet-sface.parquet --manifest $(LFW)/manifest.csv \
+	for engine in yunet-sface dlib-resnet; do \
+	  $(BIN)/faceaudit embed $(LFW)/manifest.csv --engine $$engine --out build/lfw-$$engine.parquet && \
+	  $(BIN)/faceaudit calibrate --embeddings build/lfw-$$engine.parquet --manifest $(LFW)/manifest.csv \
 		--dataset "LFW deep-funneled, all 13,233 images (../shared/data/lfw)" \
-		--out src/faceaudit/engines/calibration/yunet-sface.json
+		--out src/faceaudit/engines/calibration/$$engine.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build faceaudit-demo .pytest_cache .mypy_cache .ruff_cache

@@ -35,7 +35,7 @@ from faceaudit.metrics.rates import global_threshold
 from faceaudit.report.comparison import SECTIONS, pair_findings
 from faceaudit.report.integrity import verify_folder
 from faceaudit.scoring.compare import compare_embeddings
-from tests_paths import SCHEMA
+from tests_paths import COMPARISON_SCHEMA, SCHEMA
 
 
 def _population(seed: int, n_subj: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -226,6 +226,7 @@ def test_identical_engines_show_no_difference_and_every_file(twins: Path) -> Non
     import jsonschema
 
     doc = _json(twins / "results.json")
+    jsonschema.validate(doc, _json(COMPARISON_SCHEMA))
     assert doc["kind"] == "comparison" and len(doc["engines"]) == 2
     for a in doc["analyses"]:
         for op in a["operating_points"]:
