@@ -149,6 +149,9 @@ def test_compare_frames_uses_the_images_every_engine_enrolled() -> None:
     assert res.results[0].inputs["enrolled"] == res.results[1].inputs["enrolled"] == len(subj) - 2
     assert res.results[0].excluded == {"failed_to_enrol": 0, "enrolled_but_failed_by_another_engine": 2}
     assert res.results[1].excluded == {"failed_to_enrol": 2, "enrolled_but_failed_by_another_engine": 0}
+    # each engine's own report counts its own failures (A none), though both are measured on the common images
+    assert [c.failed_to_enrol for c in res.results[0].analyses[0].counts] == [0, 0]
+    assert sum(c.failed_to_enrol for c in res.results[1].analyses[0].counts) == 2
     fails = {g["group"]: g["failed_to_enrol"] for g in res.enrolment[0]}
     assert sum(f["B"] for f in fails.values()) == 2 and sum(f["A"] for f in fails.values()) == 0
     doc = res.to_dict()
@@ -162,6 +165,19 @@ def test_compare_frames_uses_the_images_every_engine_enrolled() -> None:
         compare_frames([EngineRun("A", _frame(ea, subj, sex, ok_a), {}),
                         EngineRun("B", _frame(eb, subj, sex, ok_a).iloc[::-1].reset_index(drop=True), {})],
                        [["sex"]], target_fmrs=[0.05])
+
+
+def test_without_the_bootstrap_nothing_is_called_and_the_report_says_why() -> None:
+    subj, group, ea, eb, _ = _population(5, 30)
+    sex = np.where(group == 0, "F", "M")
+    ok = np.ones(len(subj), bool)
+    res = compare_frames([EngineRun("A", _frame(ea, subj, sex, ok), {}), EngineRun("B", _frame(eb, subj, sex, ok), {})],
+                         [["sex"]], target_fmrs=[0.05], bootstrap=0, permutations=0)
+    a = res.to_dict()["analyses"][0]
+    d = a["operating_points"][0]["differences"][0]
+    assert d["groups"] is None and "bootstrap was switched off" in d["note"]
+    text = pair_findings(a, 0, d).sentences()
+    assert text == ["B and A were not compared: the bootstrap was switched off (bootstrap = 0)."]
 
 
 def test_findings_state_a_difference_only_when_the_interval_excludes_zero() -> None:
@@ -180,11 +196,18 @@ def test_findings_state_a_difference_only_when_the_interval_excludes_zero() -> N
         "summary": {"fpd": {"diff": -1.0, "ci": [-1.5, -0.2], "call": "lower", "fairer": "b"},
                     "fdr": {"diff": -0.01, "ci": [-0.02, -0.001], "call": "lower", "fairer": "a"}}}
     text = " ".join(pair_findings(analysis, 0, diff).sentences())
-    assert "For sex=F, B's false match rate is lower than A's: 0.1% vs 0.2%" in text
+    assert "For sex=F, B's false match rate is lower than A's: 0.1% vs 0.2% (difference −0.1 points" in text
     assert "sex=M" not in text.split("No clear difference")[0]  # no call for sex=M
     assert "FNMR of sex=M" in text and "FMR of sex=M" in text
     assert "By FPD" in text and "B is fairer than A" in text and "A is fairer than B" in text
     assert "The measures disagree" in text
+    diff["groups"][1]["fnmr_call"] = "not computed"
+    text = " ".join(pair_findings(analysis, 0, diff).sentences())
+    assert "Not measured (no pairs of that kind, or too few people): FNMR of sex=M" in text
+    from faceaudit.report.comparison import points
+
+    assert (points(0.00071), points(-0.00071), points(0.0), points(0.0123)) == (
+        "+0.071 points", "−0.071 points", "0 points", "+1.23 points")
 
 
 # ---------------------------------------------------------------- the comparison report, end to end

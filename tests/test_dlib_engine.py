@@ -79,7 +79,7 @@ def test_no_face_and_the_engines_own_score_scale(dlib_engine, tiny: pd.DataFrame
     assert not blank.ok and blank.reason == "no_face"
     rgb = _images(tiny, 1)[0]
     [res] = dlib_engine.enrol(rgb)  # default: dlib's own decision boundary (margin 0), not YuNet's 0.6
-    assert res.ok and 0 < res.face.score
+    assert res.ok and res.face.score > 0
     [strict] = dlib_engine.enrol(rgb, EnrolSettings(min_det_score=res.face.score + 1))
     assert not strict.ok and strict.reason == "low_score"
     assert EnrolSettings().resolve(dlib_resnet.MIN_DET_SCORE).min_det_score == 0.0
@@ -127,3 +127,23 @@ def test_lfw_pairs_are_told_apart(dlib_engine, lfw: Path) -> None:  # type: igno
     # area under the ROC curve: the share of (same, different) pairs ordered correctly
     auc = (scores[same][:, None] > scores[~same][None, :]).mean()
     assert auc > 0.99
+
+
+@needs_dlib
+def test_large_images_are_detected_on_a_downscaled_copy(dlib_engine, tiny: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    """An image above 1,024 px is searched at a smaller size; box and landmarks come back in full-size pixels."""
+    import cv2
+
+    big = cv2.resize(_images(tiny, 1)[0], (1500, 1200), interpolation=cv2.INTER_CUBIC)
+    [f_big] = dlib_engine.detect(big)
+    # the same search by hand: the copy the detector makes (longer side 1,024), boxes scaled back per axis
+    copy = cv2.resize(big, (1024, 819), interpolation=cv2.INTER_AREA)
+    [r] = dlib_engine.detector._hog(copy, 0)
+    sx, sy = 1500 / 1024, 1200 / 819
+    want = (round(r.left() * sx), round(r.top() * sy), round((r.right() + 1) * sx) - round(r.left() * sx),
+            round((r.bottom() + 1) * sy) - round(r.top() * sy))
+    assert f_big.box == tuple(float(v) for v in want)
+    x, y, w, h = f_big.box
+    assert np.all((f_big.landmarks >= [x, y]) & (f_big.landmarks <= [x + w, y + h]))
+    [res] = dlib_engine.enrol(big)
+    assert res.ok and res.embedding is not None

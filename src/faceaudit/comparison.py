@@ -42,7 +42,8 @@ class EngineRun:
 class ComparisonResult:
     engines: list[str]
     results: list[EvaluationResult]  # per engine, on the common images
-    paired: list[list[list[PairedDifference | None]]]  # [analysis][operating point][engine 1..]
+    paired: list[list[list[PairedDifference | None]]]  # [analysis][operating point][engine 1..]; None: see why
+    why_no_intervals: str | None
     enrolment: list[list[dict[str, Any]]]  # [analysis][group]: images and failures per engine
     common: dict[str, Any]
     settings: dict[str, Any]
@@ -54,18 +55,18 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         analyses = []
         for j, res in enumerate(self.results[0].analyses):
+            docs = [r.analyses[j].to_dict()["operating_points"] for r in self.results]
             ops = []
             for k, op in enumerate(res.operating_points):
-                per_engine = {}
-                for name, r in zip(self.engines, self.results, strict=True):
-                    a = r.analyses[j].to_dict()["operating_points"][k]
-                    per_engine[name] = {key: a[key] for key in ("threshold", "threshold_exact", "fmr", "fnmr",
-                                                                 "groups", "summary")}
+                per_engine = {name: {key: doc[k][key] for key in ("threshold", "threshold_exact", "fmr", "fnmr",
+                                                                  "groups", "summary")}
+                              for name, doc in zip(self.engines, docs, strict=True)}
                 diffs = []
                 for e, pd_ in enumerate(self.paired[j][k], start=1):
+                    why = self.why_no_intervals or "a threshold lies within a histogram bin (not exact)"
                     diffs.append({"engine": self.engines[e], "reference": self.reference,
                                   **(pd_.to_dict() if pd_ is not None else {"groups": None, "summary": None,
-                                                                            "note": "threshold not exact"})})
+                                                                            "note": why})})
                 ops.append({"target_fmr": op.target_fmr, "engines": per_engine, "differences": diffs})
             analyses.append({"attributes": list(res.grouping.attributes), "groups": list(res.grouping.labels),
                              "enrolment": self.enrolment[j], "operating_points": ops})
@@ -74,13 +75,16 @@ class ComparisonResult:
         return out
 
 
-def _same_rows(runs: Sequence[EngineRun]) -> None:
+def _same_rows(runs: Sequence[EngineRun], attributes: Sequence[str]) -> None:
+    """Same images, people and labels in the same order: the pairing of subjects depends on it."""
     first = runs[0].frame
     for r in runs[1:]:
-        if len(r.frame) != len(first) or not np.array_equal(r.frame["path"].astype(str).to_numpy(),
-                                                            first["path"].astype(str).to_numpy()):
-            raise InputError(f"engines {runs[0].name} and {r.name} were given different images; a comparison needs "
-                             "the same images, one face each, in the same order")
+        same = len(r.frame) == len(first) and all(
+            c in r.frame.columns and np.array_equal(r.frame[c].astype(str).to_numpy(), first[c].astype(str).to_numpy())
+            for c in ("path", "subject_id", *attributes))
+        if not same:
+            raise InputError(f"engines {runs[0].name} and {r.name} were given different images, people or labels; a "
+                             "comparison needs the same images, one face each, with the same labels, in the same order")
 
 
 def _enrolment(runs: Sequence[EngineRun], attrs: Sequence[str]) -> list[dict[str, Any]]:
@@ -102,7 +106,6 @@ def compare_frames(
     bootstrap: int = 1000,
     permutations: int = 1000,
     seed: int = 0,
-    confidence: float = 0.95,
     progress: bool = False,
     inputs: dict[str, Any] | None = None,
     cluster: Any = None,
@@ -113,8 +116,8 @@ def compare_frames(
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise InputError(f"each engine may appear once in a comparison, got {names}")
-    _same_rows(runs)
     groupings = [list(g) for g in groupings]
+    _same_rows(runs, list(dict.fromkeys(a for g in groupings for a in g)))
     ok_each = np.stack([r.frame["ok"].to_numpy(bool) for r in runs])
     common: np.ndarray = np.asarray(ok_each.all(axis=0), dtype=bool)
     scored, results = [], []
@@ -122,12 +125,13 @@ def compare_frames(
         df = r.frame.copy()
         df["ok"] = common
         sc = score_all_pairs(df, groupings, target_fmrs, None, None, None, seed, progress, cluster)
-        res = all_pairs_result(sc, df, r.metadata, (), False, groupings, alpha, bootstrap, permutations, seed, inputs)
+        res = all_pairs_result(sc, df, r.metadata, (), False, groupings, alpha, bootstrap, permutations, seed, inputs,
+                               own_enrolment=ok)
         res.excluded = {"failed_to_enrol": int((~ok).sum()), "enrolled_but_failed_by_another_engine":
                         int((ok & ~common).sum())}
         scored.append(sc)
         results.append(res)
-    spec = BootstrapSpec(replicates=bootstrap, seed=seed, confidence=confidence)
+    spec = BootstrapSpec(replicates=bootstrap, seed=seed)
     fine, subjects = scored[0].fine, scored[0].subjects
     paired: list[list[list[PairedDifference | None]]] = []
     for j, attrs in enumerate(groupings):
@@ -142,18 +146,19 @@ def compare_frames(
             for e in range(1, len(runs)):
                 row.append(None if draws is None else paired_difference(
                     stats[0], thresholds[0], stats[e], thresholds[e], n_sg, list(grouping.labels), draws, alpha,
-                    confidence))
+                    spec.confidence))
             per_op.append(row)
         paired.append(per_op)
     n_subjects = int(runs[0].frame.loc[common, "subject_id"].astype(str).nunique())
     return ComparisonResult(
         engines=names, results=results, paired=paired,
+        why_no_intervals=None if bootstrap > 0 else "the bootstrap was switched off (bootstrap = 0)",
         enrolment=[_enrolment(runs, g) for g in groupings],
         common={"images": len(common), "enrolled_by_all": int(common.sum()), "subjects": n_subjects,
                 "failed_to_enrol": {r.name: int((~ok).sum()) for r, ok in zip(runs, ok_each, strict=True)},
                 "rule": "every engine is evaluated on the images all engines enrolled"},
         settings={"target_fmrs": list(results[0].settings["target_fmrs"]), "alpha": alpha,
-                  "bootstrap": {"replicates": bootstrap, "seed": seed, "confidence": confidence,
+                  "bootstrap": {"replicates": bootstrap, "seed": seed, "confidence": spec.confidence,
                                 "method": "paired subject-level bootstrap: the same resampled subjects for every "
                                           "engine in each replicate, stratified by group; percentile interval of "
                                           "the difference (engine - reference)",

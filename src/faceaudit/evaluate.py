@@ -102,13 +102,14 @@ def coarse_stats(stats: PairStatistics, fine: Grouping, grouping: Grouping) -> P
 def _build(table: pd.DataFrame, ok: np.ndarray, fine: Grouping, stats: PairStatistics,
            groupings: Sequence[Sequence[str]], targets: Sequence[float], alpha: float,
            subjects: np.ndarray | None = None, bootstrap: BootstrapSpec | None = None,
-           permutations: int = 0) -> list[Analysis]:
+           permutations: int = 0, own_enrolment: np.ndarray | None = None) -> list[Analysis]:
     out = []
     for attrs in groupings:
         grouping = assign_groups(table, attrs)
         s = coarse_stats(stats, fine, grouping)
         per_subject = None if subjects is None else images_per_subject(subjects, ok, grouping)
-        out.append(analyse(s, grouping, _group_counts(table, grouping, ok, s), list(targets), alpha,
+        enrolled = ok if own_enrolment is None else own_enrolment
+        out.append(analyse(s, grouping, _group_counts(table, grouping, enrolled, s), list(targets), alpha,
                            per_subject, bootstrap, permutations))
     return out
 
@@ -255,7 +256,10 @@ def score_all_pairs(df: pd.DataFrame, groupings: Sequence[Sequence[str]], target
 
 def all_pairs_result(sc: ScoredPairs, df: pd.DataFrame, metadata: dict[str, Any], by: Sequence[str], intersect: bool,
                       groupings: Sequence[Sequence[str]], alpha: float, bootstrap: int, permutations: int,
-                      seed: int, inputs: dict[str, Any] | None) -> EvaluationResult:
+                      seed: int, inputs: dict[str, Any] | None,
+                      own_enrolment: np.ndarray | None = None) -> EvaluationResult:
+    """The result of scored pairs. ``own_enrolment``: which images this engine itself enrolled, when the pairs
+    were restricted further (a comparison uses the images every engine enrolled); failure to enrol counts those."""
     sample = sc.sample
     spec = BootstrapSpec(replicates=0 if sample else bootstrap, seed=seed)
     uncertainty = {**_uncertainty(spec), "permutation_test": {
@@ -266,7 +270,7 @@ def all_pairs_result(sc: ScoredPairs, df: pd.DataFrame, metadata: dict[str, Any]
                                "and are not computed")
     return EvaluationResult(
         analyses=_build(df, sc.ok, sc.fine, sc.stats, groupings, sc.targets, alpha, sc.subjects, spec,
-                        0 if sample else permutations),
+                        0 if sample else permutations, own_enrolment),
         uncertainty=uncertainty,
         inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": int(sc.ok.sum())},
         settings=_settings(by, intersect, groupings, sc.targets, sc.skipped, alpha, sc.bins, sc.tail,

@@ -68,6 +68,8 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
     left_out: list[dict[str, Any]] = []
     groupings = _usable_groupings(config, ds.label_columns, left_out, warn)
     names = [engine_spec(e).name for e in config.system.engines()]
+    if len(set(names)) != len(names):
+        raise InputError(f"[system] engine names the same engine twice ({', '.join(names)}); list each once")
     runs: list[EngineRun] = []
     cached: dict[str, int] = {}
     with cluster_client(config.run.cluster, say) as client:

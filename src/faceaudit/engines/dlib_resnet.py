@@ -146,11 +146,12 @@ class DlibHogDetector:
         rects, scores, _ = self._hog.run(small, 0, 0.0)
         if len(rects) == 0:
             rects, scores, _ = self._hog.run(small, 1, 0.0)
+        sx, sy = w / small.shape[1], h / small.shape[0]  # per axis: the downscaled size was rounded
         faces = []
         for rect, score in zip(rects, scores, strict=True):
-            if scale < 1.0:
-                rect = self._dlib.rectangle(round(rect.left() / scale), round(rect.top() / scale),
-                                            round(rect.right() / scale), round(rect.bottom() / scale))
+            if small is not rgb:  # dlib's right and bottom are inclusive: scale the pixel edges, not the centres
+                rect = self._dlib.rectangle(round(rect.left() * sx), round(rect.top() * sy),
+                                            round((rect.right() + 1) * sx) - 1, round((rect.bottom() + 1) * sy) - 1)
             shape = self._shape(rgb, rect)
             landmarks = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float32)
             box = (float(rect.left()), float(rect.top()), float(rect.width()), float(rect.height()))

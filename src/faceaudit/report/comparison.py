@@ -5,8 +5,8 @@ stated only when its paired bootstrap interval excludes zero; otherwise the repo
 clear difference (not that the engines are equal). Rates are differences in percentage points.
 Fairness is judged per summary measure, lower FPD, FND, IR, GARBE, SER and accuracy STD and higher
 FDR meaning smaller differences between groups. Ratio measures (FPD, FND, IR, SER) compare rates
-relative to each other, gap measures (FDR, accuracy STD) in absolute terms; when they disagree,
-the report says so instead of choosing.
+relative to each other, gap measures (FDR, accuracy STD) in absolute terms, GARBE by a Gini
+coefficient; some weigh FMR, some FNMR. When they disagree, the report says so instead of choosing.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def points(x: float | None) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
     v = 100 * x
-    text = f"{v:+.2g}" if abs(v) < 0.1 else f"{v:+.3g}"
-    return f"{np.format_float_positional(float(text), trim='-')} points".replace("-", "−")
+    text = np.format_float_positional(float(f"{v:.2g}" if abs(v) < 0.1 else f"{v:.3g}"), trim="-")
+    return f"{'+' if v > 0 else ''}{text} points".replace("-", "−")
 
 
 def _ci_points(ci: Sequence[float] | None) -> str:
@@ -59,12 +59,18 @@ class PairFindings:
     engine: str
     reference: str
     calls: list[str] = field(default_factory=list)  # sentences about groups where the interval excludes 0
-    unclear: list[str] = field(default_factory=list)  # "FMR of sex=F", ...
+    unclear: list[str] = field(default_factory=list)  # "FMR of sex=F", ...: the interval includes 0
+    unmeasured: list[str] = field(default_factory=list)  # no interval: no pairs of that kind
+    not_compared: str | None = None  # why no difference was tested at all
     fairness: list[str] = field(default_factory=list)
     fairer: dict[str, str] = field(default_factory=dict)  # measure -> engine judged fairer
 
     def sentences(self) -> list[str]:
+        if self.not_compared:
+            return [f"{self.engine} and {self.reference} were not compared: {self.not_compared}."]
         out = list(self.calls)
+        if self.unmeasured:
+            out.append(f"Not measured (no pairs of that kind, or too few people): {', '.join(self.unmeasured)}.")
         if self.unclear:
             out.append(f"No clear difference between {self.engine} and {self.reference} (the 95% interval includes "
                        f"zero) for: {', '.join(self.unclear)}.")
@@ -76,8 +82,8 @@ class PairFindings:
         elif len(winners) > 1:
             by = {w: [m for m, e in self.fairer.items() if e == w] for w in sorted(winners)}
             parts = "; ".join(f"{w} by {', '.join(ms)}" for w, ms in by.items())
-            out.append(f"The measures disagree on which engine is fairer ({parts}): ratio measures compare the "
-                       "groups' rates relative to each other, gap measures in absolute terms; read both.")
+            out.append(f"The measures disagree on which engine is fairer ({parts}): they weigh the groups' rates "
+                       "differently (as ratios or as gaps, FMR or FNMR); read them together.")
         return out
 
 
@@ -90,13 +96,15 @@ def pair_findings(analysis: Mapping[str, Any], k: int, diff: Mapping[str, Any]) 
     a, b = diff["reference"], diff["engine"]
     pf = PairFindings(engine=b, reference=a)
     if not diff.get("groups"):
-        pf.unclear.append("every group (intervals not computed)")
+        pf.not_compared = diff.get("note") or "no intervals were computed"
         return pf
     rates = {e: {g["group"]: g for g in op["engines"][e]["groups"]} for e in (a, b)}
     for g in diff["groups"]:
         for kind in ("fmr", "fnmr"):
             c = g[f"{kind}_call"]
-            if c in ("lower", "higher"):
+            if c == "not computed":
+                pf.unmeasured.append(f"{kind.upper()} of {g['group']}")
+            elif c in ("lower", "higher"):
                 ra, rb = rates[a][g["group"]][kind], rates[b][g["group"]][kind]
                 pf.calls.append(f"For {g['group']}, {b}'s {_rate_name(kind)} is {c} than {a}'s: {fmt_rate(rb)} vs "
                                 f"{fmt_rate(ra)} (difference {points(g[f'{kind}_diff'])}, 95% interval "
@@ -108,10 +116,14 @@ def pair_findings(analysis: Mapping[str, Any], k: int, diff: Mapping[str, Any]) 
             continue
         winner = b if s["fairer"] == "b" else a
         loser = a if winner == b else b
-        va, vb = op["engines"][a]["summary"].get(m), op["engines"][b]["summary"].get(m)
+        sa, sb = op["engines"][a]["summary"], op["engines"][b]["summary"]
         pf.fairer[m.upper() if m != "accuracy_std" else "accuracy STD"] = winner
-        pf.fairness.append(f"By {MEASURES[m]}, {winner} is fairer than {loser}: {b} {_num(vb)} vs {a} {_num(va)} "
-                           f"(difference {_num(s['diff'])}, 95% interval {_num(s['ci'][0])} to {_num(s['ci'][1])}).")
+        zero = ""
+        if m in RATIO_MEASURES and any(x.get("zero_rule_fmr") or x.get("zero_rule_fnmr") for x in (sa, sb)):
+            zero = " A group with no errors enters this ratio as 3/n (rule of three), so it compares bounds, not rates."
+        pf.fairness.append(f"By {MEASURES[m]}, {winner} is fairer than {loser}: {b} {_num(sb.get(m))} vs {a} "
+                           f"{_num(sa.get(m))} (difference {_num(s['diff'])}, 95% interval {_num(s['ci'][0])} to "
+                           f"{_num(s['ci'][1])}).{zero}")
     return pf
 
 
