@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 LFW := ../shared/data/lfw
 
-.PHONY: demo test lint typecheck pytest browser postgres bench calibrate clean
+.PHONY: demo test lint typecheck pytest browser postgres bench calibrate lfw-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ browser:
 	    >/tmp/faceaudit-apt.log 2>&1 || echo "note: installing chromium failed (see /tmp/faceaudit-apt.log)"; \
 	else echo "note: chromium and chromium-driver are missing; the browser test will skip"; fi
 
+# The default engine and dlib side by side on LFW (../shared/data/lfw), by sex and race: one report folder.
+lfw-compare: $(STAMP)
+	$(BIN)/faceaudit audit --config examples/lfw-compare.toml --out lfw-compare
+	@echo "Open lfw-compare/report.html in a browser"
+
 # Long measurements (LFW accuracy, throughput, cache, memory); results go to benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lfw_view2.py
@@ -79,4 +84,4 @@ calibrate: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) build faceaudit-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build faceaudit-demo lfw-compare .pytest_cache .mypy_cache .ruff_cache
