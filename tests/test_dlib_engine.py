@@ -147,3 +147,16 @@ def test_large_images_are_detected_on_a_downscaled_copy(dlib_engine, tiny: pd.Da
     assert np.all((f_big.landmarks >= [x, y]) & (f_big.landmarks <= [x + w, y + h]))
     [res] = dlib_engine.enrol(big)
     assert res.ok and res.embedding is not None
+
+
+@needs_dlib
+def test_cnn_detector_finds_what_hog_misses(dlib_engine, lfw: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real LFW photo (a turned head) where HOG finds no face at either scale: the CNN fallback finds it."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(lfw / "images/Saeb_Erekat/Saeb_Erekat_0002.jpg").convert("RGB"))
+    assert len(dlib_engine.detector._hog(rgb, 0)) == 0 and len(dlib_engine.detector._hog(rgb, 1)) == 0
+    [res] = dlib_engine.enrol(rgb)
+    assert res.ok and res.face.score > 0
+    x, y, w, h = res.face.box
+    assert 0.2 * 250 < w < 0.8 * 250 and abs(x + w / 2 - 125) < 40  # a face-sized box near the centre
