@@ -79,8 +79,8 @@ def _same_rows(runs: Sequence[EngineRun], attributes: Sequence[str]) -> None:
     """Same images, people and labels in the same order: the pairing of subjects depends on it."""
     first = runs[0].frame
     for r in runs[1:]:
-        same = len(r.frame) == len(first) and all(
-            c in r.frame.columns and np.array_equal(r.frame[c].astype(str).to_numpy(), first[c].astype(str).to_numpy())
+        same = len(r.frame) == len(first) and all(  # equals: missing labels (NaN) in the same places are equal
+            c in r.frame.columns and r.frame[c].reset_index(drop=True).equals(first[c].reset_index(drop=True))
             for c in ("path", "subject_id", *attributes))
         if not same:
             raise InputError(f"engines {runs[0].name} and {r.name} were given different images, people or labels; a "
