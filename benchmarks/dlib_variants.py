@@ -96,7 +96,7 @@ def main() -> None:
     variants = {
         "HOG 2x only (face_recognition's default detection)": (["r1"], False),
         "HOG native, then 2x": (["r0", "r1"], False),
-        "HOG native, then 2x, then CNN 2x (the engine tries the CNN at native size first)": (["r0", "r1", "cnn"], False),
+        "HOG native, then 2x, then CNN 2x (the engine: CNN native first)": (["r0", "r1", "cnn"], False),
         "HOG native, then 2x, then CNN 2x; chip and flip averaged": (["r0", "r1", "cnn"], True),
         "HOG 2x, then native, then CNN 2x; chip and flip averaged": (["r1", "r0", "cnn"], True),
     }
