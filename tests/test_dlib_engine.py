@@ -161,3 +161,12 @@ def test_cnn_detector_finds_what_hog_misses(dlib_engine, lfw: Path) -> None:  # 
     x, y, w, h = res.face.box
     # a face-sized box near the centre
     assert 0.2 * 250 < w < 0.8 * 250 and abs(x + w / 2 - 125) < 40 and abs(y + h / 2 - 125) < 60
+
+
+def test_shipped_calibration_fits_the_engine() -> None:
+    """`faceaudit verify --engine dlib-resnet` needs the LFW calibration made with exactly these model files."""
+    from faceaudit.engines.calibration import load_calibration
+
+    cal = load_calibration(dlib_resnet.identity())
+    t3, t4 = cal.threshold_for(1e-3), cal.threshold_for(1e-4)
+    assert t3 < t4 and cal.fmr_at(t4) <= 1e-4 and cal.n_impostor > 8e7
