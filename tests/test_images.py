@@ -53,6 +53,18 @@ def test_truncated_jpeg(face: Image.Image) -> None:
     assert err.value.reason == "truncated"
 
 
+def test_truncated_jpeg_fails_even_when_another_library_lets_pillow_accept_it(
+        face: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """face_recognition sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import; decoding must not follow it."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = jpeg_bytes(padded(face))
+    with pytest.raises(ImageError) as err:
+        load_image(data[: len(data) // 2])
+    assert err.value.reason == "truncated" and ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's flag kept
+
+
 def test_missing_file_and_folder(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as err:
         load_image(tmp_path / "nope.jpg")

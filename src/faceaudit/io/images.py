@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from faceaudit.errors import ImageError
 
@@ -92,6 +92,20 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
     return decode_image(read_bytes(source), path=str(source), max_pixels=max_pixels)
 
 
+def _load_strict(img: Image.Image) -> None:
+    """``img.load()`` with Pillow's LOAD_TRUNCATED_IMAGES off: a truncated file must fail, never decode as grey.
+
+    Some libraries switch that process-wide flag on when imported (face_recognition does), which would
+    silently turn a truncated image into a half-grey face in every later decode of this process.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def decode_image(data: bytes, *, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode encoded image bytes; see :func:`load_image`."""
     if len(data) == 0:
@@ -122,7 +136,7 @@ def decode_image(data: bytes, *, path: str | None = None, max_pixels: int = DEFA
                 path,
             )
         try:
-            img.load()
+            _load_strict(img)
         except OSError as exc:
             text = str(exc)
             reason = "truncated" if "truncated" in text or "broken data stream" in text else "corrupt"
