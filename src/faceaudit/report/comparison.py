@@ -141,8 +141,18 @@ def headline(results: Mapping[str, Any], analysis: Mapping[str, Any], k: int = 0
 # ---------------------------------------------------------------- figures
 
 
+def _axis_limit(values: Sequence[float]) -> float:
+    """Right end of a rate axis in percent: room for every rate, not for the widest interval (a group of one
+    or two people has an interval up to 100%, which would squash every other row to zero)."""
+    top = max([v for v in values if v > 0], default=0.0)
+    return 2.5 * top if top > 0 else 1.0
+
+
 def rates_side_by_side(analysis: Mapping[str, Any], k: int, engines: Sequence[str]) -> bytes:
-    """Each group's FMR and FNMR per engine with its 95% interval, at the k-th target FMR."""
+    """Each group's FMR and FNMR per engine with its 95% interval, at the k-th target FMR.
+
+    Intervals running past the axis are cut at its end and marked with an arrow head.
+    """
     op = analysis["operating_points"][k]
     labels = list(analysis["groups"])
     n = len(labels)
@@ -152,29 +162,34 @@ def rates_side_by_side(analysis: Mapping[str, Any], k: int, engines: Sequence[st
         for col, kind in enumerate(("fmr", "fnmr")):
             ax = axes[col]
             figures._group_rows(ax, labels)
+            rows_of = {name: {g["group"]: g for g in op["engines"][name]["groups"]} for name in engines}
+            values = [100 * v for name in engines for g in rows_of[name].values()
+                      if (v := figures._num(g.get(kind))) is not None]
+            right = _axis_limit(values)
             for e, name in enumerate(engines):
                 colour = figures.PALETTE[e % len(figures.PALETTE)]
-                rows = {g["group"]: g for g in op["engines"][name]["groups"]}
                 for r, lab in enumerate(labels):
-                    g = rows.get(lab) or {}
+                    g = rows_of[name].get(lab) or {}
                     v = figures._num(g.get(kind))
                     y = r + figures._dodge(e, len(engines))
                     if v is None:
                         continue
                     ci = figures._interval(g.get(f"{kind}_ci"))
                     if ci is not None:
-                        ax.plot([100 * ci[0], 100 * ci[1]], [y, y], color=colour, lw=1.6)
+                        hi = min(100 * ci[1], right)
+                        ax.plot([100 * ci[0], hi], [y, y], color=colour, lw=1.6)
+                        if 100 * ci[1] > right:
+                            ax.plot([hi], [y], ">", color=colour, ms=5)
                     line = ax.plot([100 * v], [y], "o", color=colour, ms=6)[0]
                     if col == 0 and r == 0:
                         line.set_label(name)
                         handles.append(line)
+            ax.set_xlim(0, right)
             ax.set_xlabel(f"{_rate_name(kind)} (%)")
-            ax.set_xlim(left=0)
             ax.grid(axis="x", color="#EEEEEE")
-            ax.set_title("False matches (impostors accepted)" if kind == "fmr"
-                         else "False non-matches (same person rejected)")
+            ax.set_title("False matches" if kind == "fmr" else "False non-matches")
         fig.suptitle(f"Each engine at its own threshold for a promised FMR of {one_in(op['target_fmr'])}")
-        figures._legend(fig, handles, len(handles), "engine (dot: rate; line: 95% interval)")
+        figures._legend(fig, handles, len(handles), "engine (dot: rate; line: 95% interval, > where it goes on)")
         return figures._png(fig)
 
 
@@ -200,7 +215,7 @@ def differences_plot(analysis: Mapping[str, Any], k: int, diff: Mapping[str, Any
                 if ci is not None:
                     ax.plot([100 * ci[0], 100 * ci[1]], [r, r], color=colour, lw=2)
                 ax.plot([100 * v], [r], "o", color=colour, ms=6)
-            ax.set_xlabel(f"{diff['engine']} − {diff['reference']}, {_rate_name(kind)} (points)")
+            ax.set_xlabel(f"{kind.upper()}: {diff['engine']} − {diff['reference']} (points)")
             ax.grid(axis="x", color="#EEEEEE")
         fig.suptitle(f"Difference per group (left of 0: {diff['engine']} errs less); orange: the 95% interval "
                      "excludes 0", fontsize=11)
