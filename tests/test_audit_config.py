@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_example_configs_parse_and_round_trip(tmp_path: Path) -> None:
-    for name in ("audit.toml", "lfw.toml"):
+    for name in ("audit.toml", "lfw.toml", "lfw-compare.toml"):
         cfg = AuditConfig.from_toml(ROOT / "examples" / name)
+        cfg.check()
         assert cfg.groups.by == ("sex", "race")
         written = tmp_path / name
         written.write_text(cfg.to_toml())
@@ -22,6 +23,8 @@ def test_example_configs_parse_and_round_trip(tmp_path: Path) -> None:
     lfw = AuditConfig.from_toml(ROOT / "examples" / "lfw.toml")
     assert lfw.dataset.path == str((ROOT.parent / "shared" / "data" / "lfw").resolve())  # relative to the file
     assert lfw.metrics.target_fmrs == (1e-3, 1e-4, 1e-5, 1e-6) and lfw.uncertainty.bootstrap == 1000
+    compare = AuditConfig.from_toml(ROOT / "examples" / "lfw-compare.toml")
+    assert compare.system.engines() == ["yunet-sface", "dlib-resnet"]  # a list: a side-by-side comparison
 
 
 def test_defaults_and_groupings() -> None:
