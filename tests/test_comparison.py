@@ -315,3 +315,26 @@ def test_comparison_report_renders_in_headless_chromium(twins: Path, tmp_path: P
         shot = tmp_path / "comparison.png"
         assert driver.save_screenshot(str(shot))
     assert np.asarray(Image.open(shot).convert("L"), np.float64).std() > 10
+
+
+def test_default_engine_and_dlib_on_real_faces(tmp_path: Path) -> None:
+    """Two different engines on the bundled London faces: every stated difference is the difference of the rates
+    in the two engines' own reports, and is called only when its interval excludes zero."""
+    from faceaudit.engines import dlib_resnet
+
+    if dlib_resnet.missing():
+        pytest.skip(f"dlib is not installed here: {dlib_resnet.INSTALL}")
+    cfg = _config(tmp_path / "cache.sqlite", ("yunet-sface", "dlib-resnet"))
+    run_audit(cfg, tmp_path / "r", progress=False, echo=lambda m: None)
+    doc = _json(tmp_path / "r" / "results.json")
+    own = {e["name"]: _json(tmp_path / "r" / e["folder"] / "results.json") for e in doc["engines"]}
+    op = doc["analyses"][0]["operating_points"][0]
+    rates = {n: {g["group"]: g for g in own[n]["analyses"][0]["operating_points"][0]["groups"]} for n in own}
+    assert op["engines"]["dlib-resnet"]["threshold"] != op["engines"]["yunet-sface"]["threshold"]
+    for g in op["differences"][0]["groups"]:
+        for kind in ("fmr", "fnmr"):
+            want = rates["dlib-resnet"][g["group"]][kind] - rates["yunet-sface"][g["group"]][kind]
+            assert g[f"{kind}_diff"] == pytest.approx(want, abs=1e-12)
+            lo, hi = g[f"{kind}_diff_ci"]
+            assert (g[f"{kind}_call"] in ("lower", "higher")) == (lo > 0 or hi < 0)
+    assert doc["common"]["enrolled_by_all"] <= doc["common"]["images"]
