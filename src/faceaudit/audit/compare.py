@@ -23,12 +23,13 @@ import pandas as pd
 from faceaudit import __version__
 from faceaudit.audit.config import AuditConfig
 from faceaudit.audit.run import (
+    AuditInputs,
     AuditOutcome,
-    _failures,
-    _Inputs,
-    _protocol_accuracy,
-    _usable_groupings,
     audit_results,
+    data_provenance,
+    enrolment_failures,
+    protocol_accuracy,
+    usable_groupings,
     write_folder,
     write_report_pages,
 )
@@ -36,7 +37,7 @@ from faceaudit.comparison import ComparisonResult, EngineRun, compare_frames
 from faceaudit.engines.registry import engine_spec
 from faceaudit.errors import InputError
 from faceaudit.io.datasets import load_dataset
-from faceaudit.report.provenance import machine, merkle_root
+from faceaudit.report.provenance import machine
 
 COMPARISON_SCHEMA_VERSION = "1.0"
 
@@ -66,7 +67,7 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
     assert d.path is not None
     ds = load_dataset(d.path, d.format, pairs=d.pairs, image_root=d.image_root, attributes=d.attributes)
     left_out: list[dict[str, Any]] = []
-    groupings = _usable_groupings(config, ds.label_columns, left_out, warn)
+    groupings = usable_groupings(config, ds.label_columns, left_out, warn)
     names = [engine_spec(e).name for e in config.system.engines()]
     if len(set(names)) != len(names):
         raise InputError(f"[system] engine names the same engine twice ({', '.join(names)}); list each once")
@@ -86,11 +87,11 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
                              inputs={"dataset": d.path}, cluster=client)
     for note in ds.notes:
         warn(note)
-    per_engine: list[tuple[str, _Inputs]] = []
+    per_engine: list[tuple[str, AuditInputs]] = []
     taken: set[str] = set()
     for r, res in zip(runs, cmp.results, strict=True):
         lost = int(cmp.results[0].inputs["images"]) - int(res.inputs["enrolled"]) - res.excluded["failed_to_enrol"]
-        mine = [*left_out, *_failures(r.frame)]
+        mine = [*left_out, *enrolment_failures(r.frame)]
         if lost:
             mine.append({"what": "images", "item": "enrolled, but left out of the comparison", "count": lost,
                          "reason": "another engine failed to enrol the image (every engine is measured on the "
@@ -98,8 +99,8 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
         hashes = [(str(p), str(h)) for p, h in zip(r.frame["path"], r.frame["sha256"], strict=True)
                   if isinstance(h, str)]
         images = r.frame[["path", "subject_id", "ok", "reason", "message"]]
-        inputs = _Inputs(res, images, hashes, dict(ds.files), ds.listing_sha256(), r.metadata.get("engine"),
-                         _protocol_accuracy(ds, r.frame), mine, list(ds.notes), cached[r.name])
+        inputs = AuditInputs(res, images, hashes, dict(ds.files), ds.listing_sha256(), r.metadata.get("engine"),
+                         protocol_accuracy(ds, r.frame), mine, list(ds.notes), cached[r.name])
         per_engine.append((engine_slug(r.name, taken), inputs))
     results = comparison_results(config, cmp, per_engine)
     results["limitations"] = _limitations(config, per_engine)
@@ -107,11 +108,7 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
     provenance = {
         "faceaudit_version": __version__,
         "engines": {r.name: i.engine for r, (_, i) in zip(runs, per_engine, strict=True)},
-        "files": first.files,
-        "image_listing_sha256": first.listing_sha256,
-        "images_merkle_root": merkle_root(first.image_hashes) if first.image_hashes else None,
-        "images_hashed": len(first.image_hashes),
-        "merkle_rule": "RFC 6962 tree hash over leaves SHA-256(0x00 | path | 0x00 | image SHA-256), sorted by path",
+        **data_provenance(first),
         "config": config.to_dict(),
         "seed": u.seed,
         "machine": machine(),
@@ -148,7 +145,7 @@ def run_comparison(config: AuditConfig, out: Path, *, sign: str | Path | None, p
     return AuditOutcome(out, results, provenance, warnings)
 
 
-def _limitations(config: AuditConfig, per_engine: list[tuple[str, _Inputs]]) -> list[dict[str, str]]:
+def _limitations(config: AuditConfig, per_engine: list[tuple[str, AuditInputs]]) -> list[dict[str, str]]:
     """Every engine's limitations (small groups, wide intervals, ...), each stated once, naming the engines."""
     from faceaudit.report.findings import limitations
 
@@ -166,7 +163,7 @@ def _engine_title(identity: dict[str, Any] | None) -> str:
 
 
 def comparison_results(config: AuditConfig, cmp: ComparisonResult,
-                       per_engine: list[tuple[str, _Inputs]]) -> dict[str, Any]:
+                       per_engine: list[tuple[str, AuditInputs]]) -> dict[str, Any]:
     """The comparison's results document (``results.json`` of a comparison report)."""
     d = config.dataset
     images = per_engine[0][1].images

@@ -48,7 +48,7 @@ class AuditOutcome:
 
 
 @dataclass
-class _Inputs:
+class AuditInputs:
     """What the evaluation step produced, with everything the report states about the data."""
 
     result: EvaluationResult
@@ -63,7 +63,7 @@ class _Inputs:
     from_cache: int | None = None  # images whose embeddings came from the cache (a rerun resumes)
 
 
-def _usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
+def usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
                       warn: Callable[[str], None]) -> list[list[str]]:
     """The analyses whose attributes are all columns of the data; the others are left out and stated."""
     usable = []
@@ -82,7 +82,7 @@ def _usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[
     return usable
 
 
-def _failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def enrolment_failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
     bad = frame[~frame["ok"]]
     out = []
     for reason, rows in bad.groupby("reason", sort=True):
@@ -92,7 +92,7 @@ def _failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | None:
+def protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | None:
     """Accuracy on the dataset's protocol pairs; a pair with an image that failed to enrol counts as a non-match."""
     if ds.protocol is None:
         return None
@@ -111,7 +111,7 @@ def _protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | Non
             "rule": "a pair with an image that failed to enrol is decided as a non-match"}
 
 
-def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], client: Any = None) -> _Inputs:
+def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], client: Any = None) -> AuditInputs:
     from faceaudit.api import embed
 
     d, s, u = cfg.dataset, cfg.system, cfg.uncertainty
@@ -128,21 +128,21 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
             files["attributes"] = {"path": d.attributes, "sha256": sha256_file(d.attributes)}
         listing = None
         labels = [c for c in frame.columns if c not in CORE_COLUMNS and not c.startswith("_")]
-        groupings = _usable_groupings(cfg, labels, left_out, warn)
+        groupings = usable_groupings(cfg, labels, left_out, warn)
     else:
         assert d.path is not None
         ds = load_dataset(d.path, d.format, pairs=d.pairs, image_root=d.image_root, attributes=d.attributes)
         notes += ds.notes
         files.update(ds.files)
         listing = ds.listing_sha256()
-        groupings = _usable_groupings(cfg, ds.label_columns, left_out, warn)  # before the slow part
+        groupings = usable_groupings(cfg, ds.label_columns, left_out, warn)  # before the slow part
         cache: str | bool = cfg.run.cache
         run = embed(ds.table, engine=s.engines()[0], workers=cfg.run.workers, cache=cache,
                     batch_size=cfg.run.batch_size, progress=progress, cluster=client)
         frame, meta, from_cache = run.frame, run.metadata, run.n_cached
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
-    left_out += _failures(frame)
+    left_out += enrolment_failures(frame)
     targets, alpha = cfg.metrics.target_fmrs, cfg.metrics.alpha
     source = {"dataset": d.path} if ds else {"embeddings": s.embeddings}
     if ds is not None and ds.listed_pairs is not None:
@@ -169,8 +169,8 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
                                 inputs=source, target_fmrs=targets, alpha=alpha, cluster=client)
     hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
     images = frame[["path", "subject_id", "ok", "reason", "message"]]
-    return _Inputs(result, images, hashes, files, listing, meta.get("engine"),
-                   _protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache)
+    return AuditInputs(result, images, hashes, files, listing, meta.get("engine"),
+                   protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache)
 
 
 
@@ -184,14 +184,14 @@ def _ignored(cfg: AuditConfig, what: str, warn: Callable[[str], None]) -> None:
              "sampling need all pairs among the people)")
 
 
-def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> _Inputs:
+def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> AuditInputs:
     d, s = cfg.dataset, cfg.system
     _ignored(cfg, "a score file", warn)
     assert d.path is not None and s.scores is not None
     table = read_score_manifest(d.path)
     labels = [c for c in table.columns if c not in ("id", "subject_id", "path")]
     left_out: list[dict[str, Any]] = []
-    groupings = _usable_groupings(cfg, labels, left_out, warn)
+    groupings = usable_groupings(cfg, labels, left_out, warn)
     result = evaluate_scores(s.scores, d.path, groupings=groupings, higher_is_similar=not s.distance,
                              target_fmrs=cfg.metrics.target_fmrs, alpha=cfg.metrics.alpha, progress=progress)
     for reason, n in result.excluded.items():
@@ -201,7 +201,7 @@ def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
              "scores": {"path": s.scores, "sha256": sha256_file(s.scores)}}
     images = pd.DataFrame({"path": table["id"], "subject_id": table["subject_id"], "ok": True, "reason": None,
                            "message": None})
-    return _Inputs(result, images, [], files, None, None, None, left_out, [])
+    return AuditInputs(result, images, [], files, None, None, None, left_out, [])
 
 
 def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
@@ -214,7 +214,7 @@ def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
     return {"kind": kind, "name": name, "engine": engine}
 
 
-def _dataset(cfg: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
+def _dataset(cfg: AuditConfig, inputs: AuditInputs) -> dict[str, Any]:
     d = cfg.dataset
     images = inputs.images
     return {"name": d.name or (Path(d.path).name if d.path else "embeddings file"), "path": d.path,
@@ -259,7 +259,7 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
     provenance = {
         "faceaudit_version": __version__,
         "engine": inputs.engine,
-        **_data_provenance(inputs),
+        **data_provenance(inputs),
         "config": config.to_dict(),
         "seed": config.uncertainty.seed,
         "machine": machine(),
@@ -279,7 +279,7 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
     return AuditOutcome(out, results, provenance, warnings)
 
 
-def audit_results(config: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
+def audit_results(config: AuditConfig, inputs: AuditInputs) -> dict[str, Any]:
     """The results document of one system: the evaluation, the protocol accuracy, and the audit's facts."""
     results = inputs.result.to_dict()
     results["protocol"] = inputs.protocol
@@ -289,7 +289,7 @@ def audit_results(config: AuditConfig, inputs: _Inputs) -> dict[str, Any]:
     return results
 
 
-def _data_provenance(inputs: _Inputs) -> dict[str, Any]:
+def data_provenance(inputs: AuditInputs) -> dict[str, Any]:
     return {
         "files": inputs.files,
         "image_listing_sha256": inputs.listing_sha256,
