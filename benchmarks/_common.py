@@ -21,6 +21,20 @@ def require_lfw() -> Path:
     return LFW
 
 
+def view2_manifest(lfw: Path, folder: Path) -> tuple[list[Any], list[str], Path]:
+    """The pairs of LFW's pairs.txt, their images (relative paths), and a manifest of them written in ``folder``."""
+    import pandas as pd
+
+    from faceaudit.io.lfw import read_pairs
+
+    pairs = read_pairs(lfw / "pairs.txt")
+    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    manifest = Path(folder) / "manifest.csv"
+    pd.DataFrame({"path": [str(lfw / p) for p in images], "subject_id": [p.split("/")[1] for p in images]}).to_csv(
+        manifest, index=False)
+    return pairs, images, manifest
+
+
 def machine() -> dict[str, Any]:
     from faceaudit.report.provenance import machine as describe
 

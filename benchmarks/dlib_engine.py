@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 import faceaudit
-from _common import require_lfw, write_result
+from _common import require_lfw, view2_manifest, write_result
 from faceaudit.engines import dlib_resnet
 from faceaudit.engines.batch import embed_files
 from faceaudit.io.lfw import read_pairs
@@ -35,12 +34,8 @@ from faceaudit.metrics.verification import kfold_accuracy
 
 
 def view2(lfw: Path) -> dict[str, object]:
-    pairs = read_pairs(lfw / "pairs.txt")
-    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = Path(tmp) / "manifest.csv"
-        pd.DataFrame({"path": [str(lfw / p) for p in images], "subject_id": [p.split("/")[1] for p in images]}).to_csv(
-            manifest, index=False)
+        pairs, images, manifest = view2_manifest(lfw, Path(tmp))
         t0 = time.perf_counter()
         run = faceaudit.embed(manifest, engine=dlib_resnet.NAME, cache=True, progress=True)
         seconds = time.perf_counter() - t0

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 import faceaudit
-from _common import require_lfw, write_result
-from faceaudit.io.lfw import read_pairs
+from _common import require_lfw, view2_manifest, write_result
 from faceaudit.metrics.verification import kfold_accuracy
 
 
@@ -37,12 +36,8 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="embedding cache file (default: the user cache)")
     args = ap.parse_args()
     lfw = require_lfw()
-    pairs = read_pairs(lfw / "pairs.txt")
-    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = Path(tmp) / "manifest.csv"
-        pd.DataFrame({"path": [str(lfw / p) for p in images], "subject_id": [p.split("/")[1] for p in images]}).to_csv(
-            manifest, index=False)
+        pairs, images, manifest = view2_manifest(lfw, Path(tmp))
         run = faceaudit.embed(manifest, engine=args.engine, cache=args.cache or True, progress=True)
     frame = run.frame.assign(path=[str(Path(p).relative_to(lfw)) for p in run.frame["path"]])
     scores = pair_scores(frame, pairs)

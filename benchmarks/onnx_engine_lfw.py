@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 
 import faceaudit
-from _common import require_lfw, write_result
+from _common import require_lfw, view2_manifest, write_result
 from faceaudit.engines.models import SFACE_2021DEC_INT8BQ
 from faceaudit.engines.onnx_rewrite import prepare_for_onnxruntime
-from faceaudit.io.lfw import read_pairs
 from faceaudit.metrics.verification import kfold_accuracy
 from lfw_view2 import pair_scores
 
@@ -84,15 +83,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     args = ap.parse_args()
     lfw = require_lfw()
-    pairs = read_pairs(lfw / "pairs.txt")
-    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
     cache: str | bool = args.cache or True
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         model = write_model(work)
-        manifest = Path(tmp) / "manifest.csv"
-        pd.DataFrame({"path": [str(lfw / p) for p in images], "subject_id": [p.split("/")[1] for p in images]}).to_csv(
-            manifest, index=False)
+        pairs, _, manifest = view2_manifest(lfw, Path(tmp))
         base = run_engine(manifest, lfw, None, cache, args.workers, pairs)
         onnx = run_engine(manifest, lfw, f"onnx:{model}", cache, args.workers, pairs)
     diff_points = 100.0 * (onnx["accuracy"].mean - base["accuracy"].mean)

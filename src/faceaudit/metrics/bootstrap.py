@@ -67,7 +67,7 @@ def subject_draws(strata: np.ndarray, replicates: int, seed: int) -> np.ndarray:
     return out
 
 
-def _interval(values: np.ndarray, confidence: float) -> np.ndarray:
+def percentile_interval(values: np.ndarray, confidence: float) -> np.ndarray:
     """Percentile interval per column, skipping NaN replicates; NaN for a column with none usable."""
     lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
     out = np.full((*values.shape[1:], 2), np.nan)
@@ -175,8 +175,8 @@ def bootstrap_rates(
         fnmr_reps = np.where(rc.genuine_pairs > 0, rc.false_non_matches / rc.genuine_pairs, np.nan)
         p_fmr = np.where(imp_obs > 0, fm_obs / imp_obs, np.nan)
         p_fnmr = np.where(gen_obs > 0, fnm_obs / gen_obs, np.nan)
-    fmr_ci = _interval(fmr_reps, spec.confidence)
-    fnmr_ci = _interval(fnmr_reps, spec.confidence)
+    fmr_ci = percentile_interval(fmr_reps, spec.confidence)
+    fnmr_ci = percentile_interval(fnmr_reps, spec.confidence)
     for k in range(g):  # zero observed errors: the rule-of-3 interval
         if fm_obs[k] == 0 and imp_obs[k] > 0:
             fmr_ci[k] = (0.0, min(1.0, 3.0 / imp_obs[k]))
@@ -188,7 +188,7 @@ def bootstrap_rates(
         s = summarise(labels, rc.false_matches[r], rc.impostor_pairs[r], rc.false_non_matches[r],
                       rc.genuine_pairs[r], alpha)
         summ[r] = [getattr(s, n) for n in names]
-    sci = _interval(summ, spec.confidence)
+    sci = percentile_interval(summ, spec.confidence)
     return RateIntervals(
         fmr_ci=fmr_ci, fnmr_ci=fnmr_ci, fmr_n_eff=_n_eff(p_fmr, fmr_reps), fnmr_n_eff=_n_eff(p_fnmr, fnmr_reps),
         summary_ci={n: (float(sci[i, 0]), float(sci[i, 1])) for i, n in enumerate(names)},

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from faceaudit.metrics.bootstrap import ReplicateCounts, replicate_counts
+from faceaudit.metrics.bootstrap import ReplicateCounts, percentile_interval, replicate_counts
 from faceaudit.metrics.rates import Threshold
 from faceaudit.metrics.summary import summarise
 from faceaudit.scoring.stats import PairStatistics
@@ -52,17 +52,6 @@ def call(ci: tuple[float, float] | None) -> str:
 def _rates(errors: np.ndarray, trials: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(trials > 0, errors / np.where(trials > 0, trials, 1), np.nan)
-
-
-def _percentile(values: np.ndarray, confidence: float) -> np.ndarray:
-    """(columns, 2) percentile intervals skipping NaN replicates; NaN where a column has none."""
-    lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
-    out = np.full((values.shape[1], 2), np.nan)
-    usable = np.isfinite(values).sum(axis=0) > 0
-    if usable.any():
-        v = values[:, usable]
-        out[usable] = np.stack([np.nanquantile(v, lo, axis=0), np.nanquantile(v, hi, axis=0)], axis=-1)
-    return out
 
 
 @dataclass(frozen=True)
@@ -144,12 +133,12 @@ def paired_difference(stats_a: PairStatistics, threshold_a: Threshold, stats_b: 
                             np.ones((1, n_sg.shape[0])), alpha)
     rep = paired_replicates(stats_a, threshold_a, stats_b, threshold_b, n_sg, labels, draws, alpha)
     sdiff = rep.summary_b - rep.summary_a
-    sci = _percentile(sdiff, confidence)
+    sci = percentile_interval(sdiff, confidence)
     odiff = (obs.summary_b - obs.summary_a)[0]
     return PairedDifference(
         labels=list(labels),
-        fmr_diff=(obs.fmr_b - obs.fmr_a)[0], fmr_diff_ci=_percentile(rep.fmr_b - rep.fmr_a, confidence),
-        fnmr_diff=(obs.fnmr_b - obs.fnmr_a)[0], fnmr_diff_ci=_percentile(rep.fnmr_b - rep.fnmr_a, confidence),
+        fmr_diff=(obs.fmr_b - obs.fmr_a)[0], fmr_diff_ci=percentile_interval(rep.fmr_b - rep.fmr_a, confidence),
+        fnmr_diff=(obs.fnmr_b - obs.fnmr_a)[0], fnmr_diff_ci=percentile_interval(rep.fnmr_b - rep.fnmr_a, confidence),
         summary_diff={m: float(odiff[i]) for i, m in enumerate(SUMMARY_MEASURES)},
         summary_diff_ci={m: (float(sci[i, 0]), float(sci[i, 1])) for i, m in enumerate(SUMMARY_MEASURES)},
         replicates=len(draws), confidence=confidence)
