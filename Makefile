@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/audit_lfw.py
 	$(BIN)/python benchmarks/audit_scores_memory.py
 	$(BIN)/python benchmarks/dlib_engine.py
+	$(BIN)/python benchmarks/dlib_variants.py
 	$(BIN)/python benchmarks/onnx_engine_lfw.py
 	$(BIN)/python benchmarks/compare_lfw.py
 	$(BIN)/python benchmarks/distributed_scale.py
