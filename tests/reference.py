@@ -34,3 +34,25 @@ def group_rates(pairs: pd.DataFrame, attr: str) -> pd.DataFrame:
                      "impostor_pairs": len(imp), "false_matches": int(imp["match"].sum()),
                      "fmr": float(imp["match"].mean()) if len(imp) else float("nan")})
     return pd.DataFrame(rows)
+
+
+def materialised_counts(scores: np.ndarray, subj: np.ndarray, group: np.ndarray, draws: np.ndarray,
+                        threshold: float, n_groups: int = 2) -> np.ndarray:
+    """Within-group counts of one bootstrap replicate, by building it: (4, G) false matches, impostor pairs,
+    false non-matches, genuine pairs. Subject u drawn draws[u] times brings that many copies of its images;
+    pairs between different copies of one subject are neither genuine nor impostor pairs."""
+    copies = [(i, u, c) for u in range(len(draws)) for c in range(draws[u]) for i in np.flatnonzero(subj == u)]
+    out = np.zeros((4, n_groups))
+    for x in range(len(copies)):
+        for y in range(x + 1, len(copies)):
+            (i, u, cu), (j, v, cv) = copies[x], copies[y]
+            if group[i] != group[j] or (u == v and cu != cv):
+                continue
+            k, s = group[i], scores[i, j]
+            if u == v:
+                out[3, k] += 1
+                out[2, k] += s < threshold
+            else:
+                out[1, k] += 1
+                out[0, k] += s >= threshold
+    return out

@@ -35,6 +35,7 @@ from faceaudit.metrics.rates import global_threshold
 from faceaudit.report.comparison import SECTIONS, pair_findings
 from faceaudit.report.integrity import verify_folder
 from faceaudit.scoring.compare import compare_embeddings
+from reference import materialised_counts
 from tests_paths import COMPARISON_SCHEMA, SCHEMA
 
 
@@ -63,22 +64,8 @@ def test_paired_replicates_equal_a_materialised_resample() -> None:
     draws = np.stack([np.random.default_rng(s).integers(0, 4, len(n_sg)) for s in range(4)])
     rep = paired_replicates(sa, ta, sb, tb, n_sg, ["g0", "g1"], draws, alpha=0.5)
     for r, m in enumerate(draws):
-        copies = [(i, u, c) for u in range(len(m)) for c in range(m[u]) for i in np.flatnonzero(subj == u)]
         for emb, t, fmr, fnmr in ((ea, ta, rep.fmr_a, rep.fnmr_a), (eb, tb, rep.fmr_b, rep.fnmr_b)):
-            scores = emb @ emb.T
-            c = np.zeros((4, 2))  # false matches, impostor pairs, false non-matches, genuine pairs per group
-            for x in range(len(copies)):
-                for y in range(x + 1, len(copies)):
-                    (i, u, cu), (j, v, cv) = copies[x], copies[y]
-                    if group[i] != group[j] or (u == v and cu != cv):
-                        continue
-                    k, s = group[i], scores[i, j]
-                    if u == v:
-                        c[3, k] += 1
-                        c[2, k] += s < t.value
-                    else:
-                        c[1, k] += 1
-                        c[0, k] += s >= t.value
+            c = materialised_counts(emb @ emb.T, subj, group, m, t.value)
             with np.errstate(invalid="ignore", divide="ignore"):
                 np.testing.assert_allclose(fmr[r], c[0] / c[1], equal_nan=True)
                 np.testing.assert_allclose(fnmr[r], c[2] / c[3], equal_nan=True)

@@ -26,8 +26,6 @@ from faceaudit.metrics.rates import DEFAULT_FMRS
 from faceaudit.metrics.result import EvaluationResult, json_ready
 from faceaudit.scoring.groups import assign_groups
 
-NOT_COMMON = "enrolled_by_this_engine_only"
-
 
 @dataclass(frozen=True)
 class EngineRun:

@@ -8,10 +8,8 @@ on OpenCV, which runs YuNet as shipped including its post-processing (4 ms per 2
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from faceaudit.engines.base import ArcFaceAligner, Engine, EngineIdentity
-from faceaudit.engines.models import SFACE_2021DEC_INT8BQ, YUNET_2023MAR_INT8BQ
+from faceaudit.engines.models import SFACE_2021DEC_INT8BQ, YUNET_2023MAR_INT8BQ, installed_version
 
 NAME = "yunet-sface"
 #: YuNet's confidence (0 to 1) below which a face is refused unless the settings say otherwise.
@@ -36,20 +34,10 @@ def identity() -> EngineIdentity:
             "align": "Umeyama similarity on 5 landmarks to the ArcFace 112x112 template, bilinear",
             "embed": "RGB float32 0-255 NCHW (the graph applies (x-127.5)/128), L2-normalised",
         },
-        runtime={"opencv": _version("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
-                                    "opencv-contrib-python"),
-                 "onnxruntime": _version("onnxruntime")},
+        runtime={"opencv": installed_version("opencv-python-headless", "opencv-python",
+                                             "opencv-contrib-python-headless", "opencv-contrib-python"),
+                 "onnxruntime": installed_version("onnxruntime")},
     )
-
-
-def _version(*distributions: str) -> str:
-    """Installed version of the first distribution found (read from metadata: no heavy import)."""
-    for dist in distributions:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def load(threads: int = 1) -> Engine:

@@ -27,14 +27,13 @@ faceaudit's worker processes give the parallelism.
 from __future__ import annotations
 
 import importlib.util
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from faceaudit.engines.base import Engine, EngineIdentity, Face
-from faceaudit.engines.models import ModelFile
+from faceaudit.engines.models import ModelFile, installed_version
 from faceaudit.errors import ModelError
 
 NAME = "dlib-resnet"
@@ -87,13 +86,6 @@ def missing() -> str | None:
     return None
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def identity() -> EngineIdentity:
     """The engine's identity, without loading dlib."""
     return EngineIdentity(
@@ -116,7 +108,7 @@ def identity() -> EngineIdentity:
                      f"{CHIP_PADDING}",
             "embed": "dlib ResNet (compute_face_descriptor, no jitter), batched, L2-normalised",
         },
-        runtime={"dlib": _version("dlib-bin") if _version("dlib-bin") != "not installed" else _version("dlib")},
+        runtime={"dlib": installed_version("dlib-bin", "dlib")},
     )
 
 

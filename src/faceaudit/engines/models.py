@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from faceaudit.errors import ModelError
+
+
+def installed_version(*distributions: str) -> str:
+    """Installed version of the first distribution found (read from metadata: no heavy import)."""
+    for dist in distributions:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 @dataclass(frozen=True)

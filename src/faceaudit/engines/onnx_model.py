@@ -47,7 +47,6 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ import numpy as np
 
 from faceaudit.engines import default
 from faceaudit.engines.base import ArcFaceAligner, Engine, EngineIdentity
-from faceaudit.engines.models import YUNET_2023MAR_INT8BQ, ModelFile
+from faceaudit.engines.models import YUNET_2023MAR_INT8BQ, ModelFile, installed_version
 from faceaudit.errors import InputError, ModelError
 
 PREFIX = "onnx"
@@ -171,7 +170,7 @@ class OnnxModelEngine:
                 "embed": f"{prep.channels} float32 0-255 {prep.layout}, fed as (x - mean) / std, L2-normalised",
                 **prep.describe(),
             },
-            runtime={**base.runtime, "onnx": _version("onnx")},
+            runtime={**base.runtime, "onnx": installed_version("onnx")},
         )
 
     def load(self, threads: int = 1) -> Engine:
@@ -277,13 +276,6 @@ def _sha256_file(p: Path) -> str:
         raise ModelError(f"ONNX model {p} cannot be read ({exc.strerror}); check that the file is still there "
                          f"and readable: {_USAGE}") from None
     return h.hexdigest()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 # --- what the model is fed ---

@@ -11,7 +11,6 @@ coefficient; some weigh FMR, some FNMR. When they disagree, the report says so i
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from faceaudit.report import figures
 from faceaudit.report.findings import fmt_rate, one_in
+from faceaudit.report.summary import md_cell, md_interval
 
 MEASURES = {
     "fpd": "FPD (highest group FMR / lowest)",
@@ -244,19 +244,15 @@ def _prepare(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_comparison_html(results: dict[str, Any], provenance: dict[str, Any], config_toml: str) -> str:
-    from faceaudit.report.html import _environment, _json
+    from faceaudit.report.html import pretty_json, report_environment
 
-    env = _environment()
+    env = report_environment()
     env.filters["points"] = points
     env.filters["ci_points"] = _ci_points
     return env.get_template("comparison.html.j2").render(
         results=results, audit=results["audit"], provenance=provenance, analyses=_prepare(results),
         engines=results["engines"], names=[e["name"] for e in results["engines"]], measures=MEASURES,
-        config_toml=config_toml, provenance_json=_json(provenance), sections=SECTIONS)
-
-
-def _cell(text: str) -> str:
-    return html.escape(text, quote=False).replace("|", "\\|")
+        config_toml=config_toml, provenance_json=pretty_json(provenance), sections=SECTIONS)
 
 
 def render_comparison_summary(results: dict[str, Any], provenance: dict[str, Any]) -> str:
@@ -278,15 +274,16 @@ def render_comparison_summary(results: dict[str, Any], provenance: dict[str, Any
         for k, op in enumerate(a["operating_points"]):
             lines += [f"### By {' x '.join(a['attributes'])}, target FMR {op['target_fmr']:g}", ""]
             lines += headline({"engines_order": names}, a, k)
-            lines += ["", "| group | " + " | ".join(f"{_cell(n)} FMR [95% CI] | {_cell(n)} FNMR [95% CI]"
+            lines += ["", "| group | " + " | ".join(f"{md_cell(n)} FMR [95% CI] | {md_cell(n)} FNMR [95% CI]"
                                                      for n in names) + " |",
                       "|---|" + "---|---|" * len(names)]
             for lab in a["groups"]:
                 cells = []
                 for n in names:
                     g = next(x for x in op["engines"][n]["groups"] if x["group"] == lab)
-                    cells.append(f"{fmt_rate(g['fmr'])}{_ci(g['fmr_ci'])} | {fmt_rate(g['fnmr'])}{_ci(g['fnmr_ci'])}")
-                lines.append(f"| {_cell(lab)} | " + " | ".join(cells) + " |")
+                    cells.append(f"{fmt_rate(g['fmr'])}{md_interval(g['fmr_ci'])} | "
+                                 f"{fmt_rate(g['fnmr'])}{md_interval(g['fnmr_ci'])}")
+                lines.append(f"| {md_cell(lab)} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["## Limitations", ""]
     lines += [f"- {item['text']}" for item in results.get("limitations") or []] or ["- None found in the numbers."]
@@ -300,6 +297,3 @@ def render_comparison_summary(results: dict[str, Any], provenance: dict[str, Any
               "rerun: `faceaudit audit --config config.toml`.", ""]
     return "\n".join(lines)
 
-
-def _ci(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f" [{fmt_rate(ci[0])}, {fmt_rate(ci[1])}]"

@@ -34,7 +34,7 @@ def _plots(analysis: dict[str, Any]) -> dict[str, str]:
     return {name: figures.png_data_uri(fn(analysis)) for name, fn in draw.items()}
 
 
-def _environment() -> jinja2.Environment:
+def report_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(
             lambda name: resources.files("faceaudit.report").joinpath("templates", name).read_text()),
@@ -54,13 +54,13 @@ def render_html(results: dict[str, Any], provenance: dict[str, Any], config_toml
         analyses.append({"data": a, "slug": _slug(a["attributes"]), "title": " x ".join(a["attributes"]),
                          "headlines": mine, "plots": _plots(a),
                          "counts": {c["group"]: c for c in a["counts"]}})
-    return _environment().get_template("report.html.j2").render(
+    return report_environment().get_template("report.html.j2").render(
         results=results, audit=results.get("audit") or {}, provenance=provenance, analyses=analyses,
         limitations=limitations(results), config_toml=config_toml, sections=SECTIONS,
-        provenance_json=_json(provenance))
+        provenance_json=pretty_json(provenance))
 
 
-def _json(obj: Any) -> str:
+def pretty_json(obj: Any) -> str:
     import json
 
     return json.dumps(obj, indent=1)

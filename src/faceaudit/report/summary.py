@@ -6,17 +6,18 @@ Same findings as the HTML report (:mod:`faceaudit.report.findings`), as Markdown
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
 from faceaudit.report.findings import fmt_rate, fmt_times, headlines, limitations
 
 
-def _cell(text: str) -> str:
+def md_cell(text: str) -> str:
     """Text safe in a Markdown table cell: '|' (in intersection labels) and HTML escaped."""
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
-def _interval(ci: list[float] | None, fmt: Any = fmt_rate) -> str:
+def md_interval(ci: Sequence[float] | None, fmt: Any = fmt_rate) -> str:
     return "" if ci is None else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
@@ -42,8 +43,9 @@ def render_summary(results: dict[str, Any], provenance: dict[str, Any]) -> str:
         lines += ["", "| group | FMR [95% CI] | times the target | FNMR [95% CI] | impostor / genuine pairs |",
                   "|---|---|---|---|---|"]
         for g in h.groups:
-            lines.append(f"| {_cell(g.group)} | {fmt_rate(g.fmr)}{_interval(g.fmr_ci)} | {fmt_times(g.times_target)}"
-                         f"{_interval(g.times_target_ci, fmt_times)} | {fmt_rate(g.fnmr)}{_interval(g.fnmr_ci)} | "
+            lines.append(f"| {md_cell(g.group)} | {fmt_rate(g.fmr)}{md_interval(g.fmr_ci)} | "
+                         f"{fmt_times(g.times_target)}{md_interval(g.times_target_ci, fmt_times)} | "
+                         f"{fmt_rate(g.fnmr)}{md_interval(g.fnmr_ci)} | "
                          f"{g.impostor_pairs:,} / {g.genuine_pairs:,} |")
         lines.append("")
     lines += ["## Limitations", ""]
