@@ -101,7 +101,12 @@ def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Bl
     """Compare one block (number ``index`` of the plan) and fold its scores into ``stats``."""
     if blk.pairs == 0:
         return
-    scores = emb[blk.r0:blk.r1] @ emb[blk.c0:blk.c1].T
+    cols = emb[blk.c0:blk.c1]
+    if blk.triangle:
+        # A copy, so NumPy never takes its SYRK path for A @ A.T: SYRK rounds differently from GEMM, and
+        # whether NumPy takes it depends on how the array was allocated (not on a Dask worker's copy).
+        cols = cols.copy()
+    scores = emb[blk.r0:blk.r1] @ cols.T
     sr, sc = subj[blk.r0:blk.r1], subj[blk.c0:blk.c1]
     if sample is not None and sample.rate < 1.0:
         _fold_sampled(stats, scores, sr, sc, blk, index, sample)
