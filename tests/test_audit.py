@@ -239,6 +239,24 @@ def test_no_genuine_pairs_still_reports_false_matches(london: tuple[Path, AuditC
     assert op["fnmr"] is None and op["impostor_pairs"] == 102 * 101 // 2
     assert "no_genuine" in {x["kind"] for x in _limitations(out.results)}
     assert "labels" in {x["kind"] for x in _limitations(out.results)}  # no label provenance stated
+    # UTKFace-style data (one photo per person) still gets its false match differential, with an interval
+    by_sex = out.results["analyses"][0]
+    assert by_sex["attributes"] == ["sex"]
+    for op in by_sex["operating_points"]:
+        s = op["summary"]
+        rates = [g["fmr"] for g in op["groups"] if g["impostor_pairs"] > 0]
+        zero = [3 / g["impostor_pairs"] for g in op["groups"] if g["impostor_pairs"] > 0 and g["false_matches"] == 0]
+        if not zero:
+            assert s["fpd"] == pytest.approx(max(rates) / min(rates))
+            assert s["fmr_gap"] == pytest.approx(max(rates) - min(rates))
+        assert s["groups_fmr"] == ["F", "M"] and s["groups_fnmr"] == [] and s["unmeasured"] == ["fnmr"]
+        assert s["fnd"] is None and s["ir"] is None and s["fdr"] is None and s["ser"] is None
+        lo, hi = s["ci"]["fpd"]
+        assert lo <= s["fpd"] <= hi
+        assert op["permutation_test"]["fpd_p_value"] is not None and op["permutation_test"]["fnd_p_value"] is None
+    words = (tmp_path / "r" / "summary.md").read_text()
+    assert "cannot measure who is wrongly rejected" in words
+    assert "cannot measure who is wrongly rejected" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_report(london: tuple[Path, AuditConfig], tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from faceaudit.metrics.rates import Threshold
-from faceaudit.metrics.summary import summarise
+from faceaudit.metrics.summary import MEASURES, PART_MEASURES, summarise
 from faceaudit.scoring.groups import cell_index
 from faceaudit.scoring.stats import PairStatistics
 
@@ -182,7 +182,7 @@ def bootstrap_rates(
             fmr_ci[k] = (0.0, min(1.0, 3.0 / imp_obs[k]))
         if fnm_obs[k] == 0 and gen_obs[k] > 0:
             fnmr_ci[k] = (0.0, min(1.0, 3.0 / gen_obs[k]))
-    names = ("fpd", "fnd", "ir", "fdr", "garbe", "ser", "accuracy_std")
+    names = MEASURES + PART_MEASURES
     summ = np.full((spec.replicates, len(names)), np.nan)
     for r in range(spec.replicates):
         s = summarise(labels, rc.false_matches[r], rc.impostor_pairs[r], rc.false_non_matches[r],

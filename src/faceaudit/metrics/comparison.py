@@ -29,10 +29,10 @@ import numpy as np
 
 from faceaudit.metrics.bootstrap import ReplicateCounts, percentile_interval, replicate_counts
 from faceaudit.metrics.rates import Threshold
-from faceaudit.metrics.summary import summarise
+from faceaudit.metrics.summary import MEASURES, summarise
 from faceaudit.scoring.stats import PairStatistics
 
-SUMMARY_MEASURES = ("fpd", "fnd", "ir", "fdr", "garbe", "ser", "accuracy_std")
+SUMMARY_MEASURES = MEASURES
 #: For each summary measure, whether a lower value means smaller differences between groups.
 LOWER_IS_FAIRER = {"fpd": True, "fnd": True, "ir": True, "fdr": False, "garbe": True, "ser": True,
                    "accuracy_std": True}

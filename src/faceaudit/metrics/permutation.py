@@ -6,8 +6,9 @@ another subject's group; group sizes in subjects stay the same) gives the distri
 differential under the null. The p-value is (1 + #{permutations with statistic >= observed}) /
 (1 + #permutations) (Phipson & Smyth, "Permutation p-values should never be zero", 2010).
 
-Statistics: FPD (max/min of within-group FMR) and FND (max/min of FNMR), with the rule-of-3 for
-zero rates as in :mod:`faceaudit.metrics.summary`. Counts in a permutation, with n_u the enrolled
+Statistics: FPD (max/min of within-group FMR, over the groups with impostor pairs) and FND (max/min
+of FNMR, over the groups with genuine pairs), with the rule-of-3 for zero rates as in
+:mod:`faceaudit.metrics.summary`; a side no group has pairs for is not tested (NaN p-value). Counts in a permutation, with n_u the enrolled
 images of subject u: genuine pairs and false non-matches of g add up over g's subjects; impostor
 pairs within g are ((sum_u n_u)^2 - sum_u n_u^2) / 2 over its subjects; false matches within g are
 the tail pairs above the threshold whose two subjects are both in g (so the threshold must be exact).
@@ -48,9 +49,8 @@ def _differentials(group_of: np.ndarray, g: int, n_u: np.ndarray, gen_u: np.ndar
     fm = np.bincount(ga[ga == gb], minlength=g).astype(np.float64)
     gen = np.bincount(group_of, weights=gen_u, minlength=g)
     fnm = np.bincount(group_of, weights=fnm_u, minlength=g)
-    usable = (imp > 0) & (gen > 0)
-    fmr, _ = rule_of_three(fm[usable], imp[usable])
-    fnmr, _ = rule_of_three(fnm[usable], gen[usable])
+    fmr, _ = rule_of_three(fm[imp > 0], imp[imp > 0])  # each side over the groups with its pairs (summary.py)
+    fnmr, _ = rule_of_three(fnm[gen > 0], gen[gen > 0])
     return max_ratio(fmr), max_ratio(fnmr)
 
 
@@ -70,7 +70,8 @@ def permutation_test(stats: PairStatistics, images_per_subject: np.ndarray, thre
     above = stats.tail_score >= threshold.value
     ta, tb = stats.tail_subject_a[above], stats.tail_subject_b[above]
     fpd, fnd = _differentials(group_of, g, n_u, gen_u, fnm_u, ta, tb)
-    if not (np.isfinite(fpd) and np.isfinite(fnd)):  # no group has both kinds of pairs: nothing to test
+    test_fpd, test_fnd = bool(np.isfinite(fpd)), bool(np.isfinite(fnd))  # a side no group measures: no test
+    if not (test_fpd or test_fnd):
         nan = float("nan")
         return PermutationTest(permutations, seed, fpd, nan, fnd, nan, mixed)
     rng = np.random.default_rng(seed)
@@ -83,6 +84,8 @@ def permutation_test(stats: PairStatistics, images_per_subject: np.ndarray, thre
         p_fpd, p_fnd = _differentials(shuffled, g, n_u, gen_u, fnm_u, ta, tb)
         ge_fpd += not p_fpd < fpd  # a NaN statistic counts as extreme (conservative)
         ge_fnd += not p_fnd < fnd
+    nan = float("nan")
     return PermutationTest(permutations=permutations, seed=seed, fpd=fpd,
-                           fpd_p_value=(1 + ge_fpd) / (1 + permutations), fnd=fnd,
-                           fnd_p_value=(1 + ge_fnd) / (1 + permutations), subjects_with_mixed_groups=mixed)
+                           fpd_p_value=(1 + ge_fpd) / (1 + permutations) if test_fpd else nan, fnd=fnd,
+                           fnd_p_value=(1 + ge_fnd) / (1 + permutations) if test_fnd else nan,
+                           subjects_with_mixed_groups=mixed)

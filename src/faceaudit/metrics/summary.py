@@ -16,12 +16,26 @@ Definitions (x_g is a per-group rate at the global threshold; n groups; alpha we
   not too bias?", CVPRW 2020), with e_g the group's balanced error (FMR_g + FNMR_g) / 2; and the
   standard deviation over groups of the balanced accuracy 1 - e_g.
 
+Which groups enter which measure. Each side is measured on the groups that have its pairs, so data
+with one image per person (impostor pairs only, as UTKFace or FairFace) still gets its false match
+differential, and data whose groups lack impostor pairs still gets its false non-match differential:
+
+- FMR side, over the groups with impostor pairs (``groups_fmr``): FPD, the FMR gap
+  max_ij |FMR_i - FMR_j| (``fmr_gap``) and the Gini coefficient of the FMRs (``gini_fmr``);
+- FNMR side, over the groups with genuine pairs (``groups_fnmr``): FND, ``fnmr_gap``, ``gini_fnmr``;
+- IR, FDR and GARBE are combined from the two sides' parts above (IR = FPD^alpha * FND^(1-alpha),
+  FDR = 1 - (alpha * fmr_gap + (1 - alpha) * fnmr_gap), GARBE = alpha * gini_fmr + (1 - alpha) *
+  gini_fnmr), so they are NaN when either side has no group; with the same groups on both sides
+  this is exactly the definitions above;
+- SER and the accuracy STD need both rates of the same group (its balanced error), so they are over
+  the groups with both kinds of pairs (``groups``); the others are named in ``left_out``.
+
+A side with no group at all is named in ``unmeasured`` (``"fmr"``, ``"fnmr"``), and its measures are NaN.
+
 Zero rates. A ratio with a zero denominator is not reported as inf: in the ratios (FPD, FND, IR, SER)
 a group with no observed errors in n pairs gets the rule-of-3 upper bound 3 / n (the one-sided 95%
 upper limit of a zero count, Jovanovic & Levy 1997) in place of 0, and the result names those groups.
 Gaps and Gini coefficients (FDR, GARBE, accuracy STD) need no such rule and use the observed rates.
-Groups with no pairs at all
-are left out of the summary (and named).
 """
 
 from __future__ import annotations
@@ -64,6 +78,10 @@ def max_gap(x: np.ndarray) -> float:
     return float(x.max() - x.min()) if len(x) else float("nan")
 
 
+MEASURES = ("fpd", "fnd", "ir", "fdr", "garbe", "ser", "accuracy_std")
+PART_MEASURES = ("fmr_gap", "fnmr_gap", "gini_fmr", "gini_fnmr")  # one side's parts of FDR and GARBE
+
+
 @dataclass(frozen=True)
 class Summary:
     alpha: float
@@ -74,10 +92,17 @@ class Summary:
     garbe: float
     ser: float
     accuracy_std: float
-    groups: tuple[str, ...]  # groups included
+    groups: tuple[str, ...]  # groups with both kinds of pairs (SER, accuracy STD)
+    groups_fmr: tuple[str, ...] = ()  # groups with impostor pairs (FPD, fmr_gap, gini_fmr)
+    groups_fnmr: tuple[str, ...] = ()  # groups with genuine pairs (FND, fnmr_gap, gini_fnmr)
+    fmr_gap: float = float("nan")  # max_ij |FMR_i - FMR_j|
+    fnmr_gap: float = float("nan")
+    gini_fmr: float = float("nan")
+    gini_fnmr: float = float("nan")
+    unmeasured: tuple[str, ...] = ()  # "fmr" / "fnmr": sides no group has pairs for
     zero_rule_fmr: tuple[str, ...] = ()  # groups whose zero FMR was replaced by 3 / n
     zero_rule_fnmr: tuple[str, ...] = ()
-    left_out: tuple[str, ...] = ()  # groups without genuine or impostor pairs
+    left_out: tuple[str, ...] = ()  # groups without both genuine and impostor pairs (not in SER, accuracy STD)
     zero_rule: str = "rule_of_3"
     notes: tuple[str, ...] = field(default=())
 
@@ -85,39 +110,92 @@ class Summary:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class _Side:
+    """One side (FMR or FNMR) over the groups that have its pairs."""
+
+    groups: tuple[str, ...]
+    rates: np.ndarray  # observed
+    rates3: np.ndarray  # zero rates replaced by the rule of three
+    zero_rule: tuple[str, ...]
+
+    @classmethod
+    def of(cls, labels: list[str], errors: np.ndarray, trials: np.ndarray) -> _Side:
+        errors, trials = np.asarray(errors, np.float64), np.asarray(trials, np.float64)
+        has = trials > 0
+        names = tuple(g for g, h in zip(labels, has, strict=True) if h)
+        rates3, zero = rule_of_three(errors[has], trials[has])
+        return cls(names, errors[has] / trials[has], rates3, tuple(g for g, z in zip(names, zero, strict=True) if z))
+
+    def ratio(self) -> float:
+        return max_ratio(self.rates3) if self.groups else float("nan")
+
+    def gap(self) -> float:
+        return max_gap(self.rates) if self.groups else float("nan")
+
+    def gini(self) -> float:
+        return gini(self.rates) if self.groups else float("nan")
+
+
 def summarise(labels: list[str], false_matches: np.ndarray, impostor_pairs: np.ndarray,
               false_non_matches: np.ndarray, genuine_pairs: np.ndarray, alpha: float = 0.5) -> Summary:
-    """All summary measures over groups; counts in, so zero rates can be handled by the rule of 3."""
+    """All summary measures over groups, each side from the groups that have its pairs (module docstring).
+
+    Counts in, so zero rates can be handled by the rule of 3.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    imp = np.asarray(impostor_pairs)
-    gen = np.asarray(genuine_pairs)
-    usable = (imp > 0) & (gen > 0)
-    names = [g for g, u in zip(labels, usable, strict=True) if u]
-    left_out = tuple(g for g, u in zip(labels, usable, strict=True) if not u)
-    fm, fnm = np.asarray(false_matches)[usable], np.asarray(false_non_matches)[usable]
-    fmr3, zf = rule_of_three(fm, imp[usable])
-    fnmr3, zn = rule_of_three(fnm, gen[usable])
-    fmr, fnmr = fm / imp[usable], fnm / gen[usable]
-    if len(names) == 0:
-        nan = float("nan")
-        return Summary(alpha, nan, nan, nan, nan, nan, nan, nan, (), left_out=left_out,
-                       notes=("no group has both genuine and impostor pairs",))
-    fpd, fnd = max_ratio(fmr3), max_ratio(fnmr3)
-    err = (fmr + fnmr) / 2
-    notes = ("a single group: every differential is trivially 1 (ratios) or 0 (gaps)",) if len(names) == 1 else ()
+    imp, gen = np.asarray(impostor_pairs, np.float64), np.asarray(genuine_pairs, np.float64)
+    fm, fnm = np.asarray(false_matches, np.float64), np.asarray(false_non_matches, np.float64)
+    fmr_side, fnmr_side = _Side.of(labels, fm, imp), _Side.of(labels, fnm, gen)
+    both = (imp > 0) & (gen > 0)
+    names = tuple(g for g, u in zip(labels, both, strict=True) if u)
+    left_out = tuple(g for g, u in zip(labels, both, strict=True) if not u)
+    unmeasured = tuple(side for side, s in (("fmr", fmr_side), ("fnmr", fnmr_side)) if not s.groups)
+    fpd, fnd = fmr_side.ratio(), fnmr_side.ratio()
+    fmr_gap, fnmr_gap = fmr_side.gap(), fnmr_side.gap()
+    gini_fmr, gini_fnmr = fmr_side.gini(), fnmr_side.gini()
+    if names:
+        fmr3, _ = rule_of_three(fm[both], imp[both])
+        fnmr3, _ = rule_of_three(fnm[both], gen[both])
+        ser = max_ratio((fmr3 + fnmr3) / 2)
+        accuracy_std = float(np.std(1 - (fm[both] / imp[both] + fnm[both] / gen[both]) / 2))
+    else:
+        ser = accuracy_std = float("nan")
+    notes = []
+    if unmeasured:
+        notes.append(" and ".join({"fmr": "no group has impostor pairs", "fnmr": "no group has genuine pairs"}[u]
+                                  for u in unmeasured)
+                     + ": the measures of that side (and IR, FDR, GARBE, SER, accuracy STD) are not measured")
+    elif not names:
+        notes.append("no group has both genuine and impostor pairs: SER and accuracy STD are not measured")
+    if len(fmr_side.groups) == 1 or len(fnmr_side.groups) == 1:
+        notes.append("a side measured on a single group: its differentials are trivially 1 (ratios) or 0 (gaps)")
+    if unmeasured:  # explicit: nan ** 0 is 1 in Python, so alpha = 0 or 1 would hide a missing side
+        ir = fdr = garbe = float("nan")
+    else:
+        ir = float(fpd**alpha * fnd ** (1 - alpha))
+        fdr = float(1 - (alpha * fmr_gap + (1 - alpha) * fnmr_gap))
+        garbe = float(alpha * gini_fmr + (1 - alpha) * gini_fnmr)
     return Summary(
         alpha=alpha,
         fpd=fpd,
         fnd=fnd,
-        ir=float(fpd**alpha * fnd ** (1 - alpha)),
-        fdr=float(1 - (alpha * max_gap(fmr) + (1 - alpha) * max_gap(fnmr))),
-        garbe=float(alpha * gini(fmr) + (1 - alpha) * gini(fnmr)),
-        ser=max_ratio((fmr3 + fnmr3) / 2),
-        accuracy_std=float(np.std(1 - err)),
-        groups=tuple(names),
-        zero_rule_fmr=tuple(g for g, z in zip(names, zf, strict=True) if z),
-        zero_rule_fnmr=tuple(g for g, z in zip(names, zn, strict=True) if z),
+        ir=ir,
+        fdr=fdr,
+        garbe=garbe,
+        ser=ser,
+        accuracy_std=accuracy_std,
+        groups=names,
+        groups_fmr=fmr_side.groups,
+        groups_fnmr=fnmr_side.groups,
+        fmr_gap=fmr_gap,
+        fnmr_gap=fnmr_gap,
+        gini_fmr=gini_fmr,
+        gini_fnmr=gini_fnmr,
+        unmeasured=unmeasured,
+        zero_rule_fmr=fmr_side.zero_rule,
+        zero_rule_fnmr=fnmr_side.zero_rule,
         left_out=left_out,
-        notes=notes,
+        notes=tuple(notes),
     )

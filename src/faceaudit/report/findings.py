@@ -64,6 +64,16 @@ def _known(group: dict[str, Any]) -> bool:
     return UNKNOWN not in group["values"].values()
 
 
+UNMEASURED = {
+    "fnmr": "This data cannot measure who is wrongly rejected: no group has genuine pairs (two usable photos of "
+            "one person), as in datasets with one photo per person. It measures false matches only: FPD and the false "
+            "match parts of FDR and GARBE are given; FND, IR, SER and the combined FDR and GARBE are not measured.",
+    "fmr": "This data cannot measure false match rates by group: no group has impostor pairs (two different "
+           "people in the same group). It measures false non-matches only: FND and the false non-match "
+           "parts of FDR and GARBE are given; FPD, IR, SER and the combined FDR and GARBE are not measured.",
+}
+
+
 @dataclass(frozen=True)
 class GroupRate:
     group: str
@@ -96,6 +106,7 @@ class Headline:
     ranked: frozenset[str]  # the comparable groups: a known label and enough impostor pairs
     known: frozenset[str]  # groups with a known label
     distance: bool = False  # scores were distances, negated: the threshold is shown as a distance
+    unmeasured: tuple[str, ...] = ()  # sides ("fmr", "fnmr") no group has pairs for (summary.py)
 
     def threshold_words(self) -> str:
         if self.distance:
@@ -122,6 +133,7 @@ class Headline:
                 out.append(f"Genuine pairs wrongly rejected (false non-match rate): highest {hi.group} "
                            f"{fmt_rate(hi.fnmr)}{_ci_text(hi.fnmr_ci)}, lowest {lo.group} {fmt_rate(lo.fnmr)}"
                            f"{_ci_text(lo.fnmr_ci)}.")
+        out += [UNMEASURED[side] for side in self.unmeasured]
         return [x for x in out if x]
 
     def _fmr_sentences(self) -> str:
@@ -196,7 +208,8 @@ def headlines(results: dict[str, Any]) -> list[Headline]:
                 worst=max(ranked, key=lambda r: r.fmr or 0.0) if ranked else None,
                 best=min(ranked, key=lambda r: r.fmr or 0.0) if ranked else None,
                 fpd=(op.get("summary") or {}).get("fpd"), fpd_p_value=perm.get("fpd_p_value"),
-                ranked=frozenset(r.group for r in ranked), known=frozenset(known), distance=distance))
+                ranked=frozenset(r.group for r in ranked), known=frozenset(known), distance=distance,
+                unmeasured=tuple((op.get("summary") or {}).get("unmeasured") or ())))
     return out
 
 
