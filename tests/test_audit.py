@@ -249,7 +249,7 @@ def test_no_genuine_pairs_still_reports_false_matches(london: tuple[Path, AuditC
         if not zero:
             assert s["fpd"] == pytest.approx(max(rates) / min(rates))
             assert s["fmr_gap"] == pytest.approx(max(rates) - min(rates))
-        assert s["groups_fmr"] == ["F", "M"] and s["groups_fnmr"] == [] and s["unmeasured"] == ["fnmr"]
+        assert s["groups_fmr"] == ["sex=F", "sex=M"] and s["groups_fnmr"] == [] and s["unmeasured"] == ["fnmr"]
         assert s["fnd"] is None and s["ir"] is None and s["fdr"] is None and s["ser"] is None
         lo, hi = s["ci"]["fpd"]
         assert lo <= s["fpd"] <= hi
