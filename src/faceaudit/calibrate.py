@@ -30,6 +30,9 @@ STEPS_PER_DECADE = 20
 def calibrate_from_embeddings(path: str | Path, dataset_name: str, manifest: str | Path | None = None) -> Calibration:
     """Calibrate the engine recorded in an embeddings file on its rows (all pairs)."""
     df, meta = read_embeddings(path)
+    if meta.get("foreign"):
+        raise InputError(f"{path}: a verification calibration belongs to a faceaudit engine, and these vectors were "
+                         "not made by one; embed the images with `faceaudit embed --engine NAME|onnx:PATH` first")
     identity = EngineIdentity.from_dict(meta["engine"])
     ok = df[df["ok"]]
     if ok["subject_id"].nunique() < 2:

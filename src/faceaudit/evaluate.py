@@ -165,13 +165,15 @@ def evaluate_embeddings(
     impostor_sample: float | None = None,
     progress: bool = False,
     cluster: Any = None,
+    system_name: str | None = None,
 ) -> EvaluationResult:
-    """Evaluate an embeddings file from ``faceaudit embed``: all pairs of enrolled images.
+    """Evaluate an embeddings file (from ``faceaudit embed``, or any system's vectors): all pairs of enrolled images.
 
     The analyses are ``groupings`` (a list of attribute lists: ``[["sex"], ["sex", "race"]]``) or,
-    without it, :func:`groupings_of` ``(by, intersect)``. See :func:`evaluate_frame`.
+    without it, :func:`groupings_of` ``(by, intersect)``. ``system_name`` names the system that made
+    vectors faceaudit did not (:mod:`faceaudit.io.foreign_embeddings`). See :func:`evaluate_frame`.
     """
-    df, meta = read_embeddings(path)
+    df, meta = read_embeddings(path, system_name=system_name)
     return evaluate_frame(df, meta, by, groupings=groupings, intersect=intersect, target_fmrs=target_fmrs,
                           alpha=alpha, bins=bins, top_k=top_k, bootstrap=bootstrap, permutations=permutations,
                           seed=seed, impostor_sample=impostor_sample, progress=progress,

@@ -121,7 +121,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
     files: dict[str, dict[str, str]] = {}
     from_cache = None
     if s.embeddings:
-        frame, meta = read_embeddings(s.embeddings)
+        frame, meta = read_embeddings(s.embeddings, system_name=s.name)
         files["embeddings"] = {"path": s.embeddings, "sha256": sha256_file(s.embeddings)}
         if d.attributes:
             frame = join_attributes(frame, Path(d.attributes), notes)
@@ -209,6 +209,8 @@ def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
     if s.scores:
         return {"kind": "score file", "name": s.name or "an external system (its score file)",
                 "scores": "distance (lower = more alike)" if s.distance else "similarity (higher = more alike)"}
+    if engine and engine.get("supplied_by") == "user":
+        return {"kind": "embeddings supplied by the user", "name": engine["name"], "engine": engine}
     kind = "embeddings file" if s.embeddings else "engine"
     name = s.name or (f"{engine['name']} v{engine['version']}" if engine else "unknown")
     return {"kind": kind, "name": name, "engine": engine}

@@ -56,18 +56,29 @@ def write_embeddings(df: pd.DataFrame, path: str | Path, metadata: dict[str, Any
     tmp.replace(out)
 
 
-def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read an embeddings file: (rows, metadata). Raises InputError if it is not one."""
+def read_embeddings(path: str | Path, *, system_name: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read an embeddings file: (rows, metadata). Raises InputError if it is not one.
+
+    A file of ``faceaudit embed`` carries its engine's identity. Any other system's vectors (Parquet
+    or ``.npz``, :mod:`faceaudit.io.foreign_embeddings`) are read too, recorded as supplied by the
+    user under ``system_name`` with the file's SHA-256.
+    """
+    from faceaudit.io.foreign_embeddings import read_foreign_embeddings
+    from faceaudit.io.images import sha256_file
+
     p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such embeddings file; create it with `faceaudit embed`, or give another "
+                         "system's vectors as Parquet or .npz")
+    if p.suffix.lower() == ".npz":
+        return read_foreign_embeddings(p, None, sha256_file(p), system_name)
     try:
         table = pq.read_table(p)
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such embeddings file; create it with `faceaudit embed`") from None
     except Exception as exc:  # pyarrow raises ArrowInvalid and others
-        raise InputError(f"{p}: not a readable Parquet file ({exc})") from exc
+        raise InputError(f"{p}: not a readable Parquet file ({exc}); embeddings are Parquet or .npz") from exc
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
-        raise InputError(f"{p}: no faceaudit metadata; this file was not written by `faceaudit embed`")
+        return read_foreign_embeddings(p, table, sha256_file(p), system_name)
     missing = [c for c in ("path", "subject_id", "ok", "embedding") if c not in table.column_names]
     if missing:
         raise InputError(f"{p}: missing column(s) {', '.join(missing)}")
