@@ -69,7 +69,7 @@ def test_default_policy_allows_enrol_and_verify_only(tmp_path: Path, key: Path, 
         with pytest.raises(PolicyError, match=r"roles\.\*"):
             g.rotate_key(TemplateCipher(os.urandom(32)))
         ops = [json.loads(e)["operation"] for _, e in g.store.log_rows()]
-        assert ops == ["init", "enrol", "verify", "search-refused"]
+        assert ops == ["init", "enrol", "verify", "search-refused", "rotate-key-refused"]  # refusals are logged
         assert g.verify_log().ok
 
 
@@ -137,9 +137,10 @@ def test_export_expire_rotate_and_wrong_keys(tmp_path: Path, key: Path, database
         g.enrol("alice", CONSENT, embeddings=v[:2])
         past = (date.today() - timedelta(days=1)).isoformat()
         g.enrol("bob", Consent("bob", "2025-01-01", "consent", expires=past), embeddings=v[2:])
-        doc = g.export("alice")
+        doc = g.export("alice", requested_by_subject=True)
         assert len(doc["templates"]) == 2 and doc["consent"]["given_by"] == "the person"
         assert [e["params"]["subject_id"] for e in doc["log_entries"]] == ["alice"]  # not bob's, not others'
+        assert doc["log_entries"][0]["operation"] == "enrol"
         assert "template_ids" in doc["log_entries"][0]["result"]
         back = np.frombuffer(__import__("base64").b64decode(doc["templates"][0]["embedding_float32_base64"]), "<f4")
         assert np.allclose(back, v[0])
@@ -248,7 +249,7 @@ def test_cli_from_real_faces(tmp_path: Path, tiny: pd.DataFrame) -> None:
     assert found.exit_code == 0, found.output
     doc = json.loads(found.output)
     assert doc["candidates"][0]["subject_id"] == first.iloc[2]["subject_id"] and doc["candidates"][0]["match"]
-    gone = run(main, ["gallery", "delete", folder, first.iloc[2]["subject_id"], "--key", key])
+    gone = run(main, ["gallery", "delete", folder, first.iloc[2]["subject_id"], "--key", key, "--subject-request"])
     assert gone.exit_code == 0 and "erased" in gone.output
     check = run(main, ["log", "verify", folder, "--key", key])
     assert check.exit_code == 0 and "OK" in check.output

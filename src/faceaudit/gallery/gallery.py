@@ -6,7 +6,17 @@ the search index, which is derived from the store: on opening, an index that doe
 the store's templates (after a crash between commit and index write, say) is rebuilt from the store.
 
 A gallery is a folder: ``gallery.toml`` (the database URL, the index kind, the engine), the SQLite
-database ``gallery.sqlite`` unless the database is PostgreSQL, and the encrypted index file.
+database ``gallery.sqlite`` unless the database is PostgreSQL, and the encrypted index file. A SQLite
+path in ``gallery.toml`` is relative to the folder, so a copied gallery uses its own database.
+
+What is not encrypted is authenticated. Templates are bound to their id and subject by the AES-GCM
+associated data, and a search confirms each candidate's owner by decrypting that candidate's
+template (a relabelled row is an :class:`IntegrityError`, never a wrong name). The policy and the log
+head are *sealed*: an HMAC under a key derived from the gallery key covers the stored policy, the log
+entry that set it and the log head; every write checks the seal first and renews it in the same
+transaction, and opening refuses a gallery whose seal does not match (``UPDATE meta`` that switches
+search on, a deleted head, entries cut off the log). Without the key nobody can renew it; with the key
+one could do anything anyway.
 
 Search thresholds are stated as a target FPIR. With a gallery of N people and a per-comparison
 false match rate FMR(T), a non-mated search returns a false candidate with probability
@@ -17,8 +27,10 @@ the gallery grows.
 
 from __future__ import annotations
 
+import json
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,14 +41,25 @@ import tomli_w
 
 from faceaudit.engines.base import EnrolSettings
 from faceaudit.errors import FaceauditError, InputError
-from faceaudit.gallery.crypto import TemplateCipher
+from faceaudit.gallery.crypto import DecryptionError, IntegrityError, TemplateCipher
 from faceaudit.gallery.index import KINDS, SearchIndex
-from faceaudit.gallery.log import ChainCheck, LogEntry, next_entry, verify_chain
+from faceaudit.gallery.log import ChainCheck, LogEntry, LogFormatError, next_entry, verify_chain
 from faceaudit.gallery.policy import Policy, PolicyError
-from faceaudit.gallery.store import Store, Tx, get_meta, set_meta
+from faceaudit.gallery.safety import write_private
+from faceaudit.gallery.store import Store, StoreError, TemplateRow, Tx, get_meta, set_meta
 
 SETTINGS = "gallery.toml"
 INDEX_FILE = "index.faiss.enc"
+DATABASE_FILE = "gallery.sqlite"
+#: gallery.toml layout: 1 (older faceaudit) wrote the SQLite path relative to the working directory of
+#: `gallery init`; 2 writes it relative to the gallery folder.
+LAYOUT = 2
+#: Log operations that set the policy in force, and where their entry holds it.
+_POLICY_PARAM = {"init": "policy", "policy": "new", "seal": "policy"}
+#: How far a candidate's score from the index may be from its score recomputed from the store (float32
+#: sums in another order differ by about 1e-7; a different vector differs by far more).
+_SCORE_TOLERANCE = 1e-4
+_SEAL_VERSION = 1
 
 
 def _now() -> str:
@@ -87,11 +110,70 @@ class SearchResult:
                 if self.investigative_lead else None}
 
 
+@dataclass(frozen=True)
+class GalleryCheck:
+    """What :meth:`Gallery.check` found: the log's hash chain, and the seal over the policy and the head."""
+
+    chain: ChainCheck
+    seal_problems: list[str]
+    head: tuple[int, str] | None  # the head stored beside the log (None: missing)
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and not self.seal_problems
+
+
 @dataclass
 class _Settings:
     database: str
     index: str = "exact"
     engine: str = "yunet-sface"
+    layout: int = 1  # absent in gallery.toml files of layout 1
+
+    @classmethod
+    def read(cls, folder: Path) -> _Settings:
+        path = folder / SETTINGS
+        try:
+            settings = cls(**tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, TypeError) as exc:
+            raise InputError(f"{path} is not a gallery settings file ({exc})") from None
+        if type(settings.layout) is not int or not 1 <= settings.layout <= LAYOUT:
+            raise InputError(f"{path}: layout {settings.layout!r} is not one this faceaudit reads (1 to {LAYOUT})")
+        return settings
+
+    def database_url(self, folder: Path) -> str:
+        """The database to open: PostgreSQL as written; a SQLite path resolved against ``folder``."""
+        db = self.database
+        if db.startswith(("postgresql://", "postgres://")):
+            return db
+        path = Path(db.removeprefix("sqlite:///"))
+        if self.layout >= 2:
+            return str(path if path.is_absolute() else folder / path)
+        # Layout 1 kept the path as `gallery init` got it, relative to the working directory of that moment,
+        # so a copied gallery opened (and rotate-key rewrote) the original's database. Its default database is
+        # a file in the folder, so a file of that name in this folder is this gallery's own.
+        own = folder / path.name
+        if own.is_file():
+            return str(own)
+        if path.is_absolute() and path.is_file():
+            return str(path)
+        raise InputError(f"{folder / SETTINGS} (written by an older faceaudit) names the database {db!r} relative "
+                         f"to the working directory of `gallery init`, and {folder} holds no {path.name}: set "
+                         f"database to its path relative to {folder} (or an absolute path) and add layout = "
+                         f"{LAYOUT} to {SETTINGS}")
+
+
+def _settings_database(folder: Path, database: str | None) -> str:
+    """How gallery.toml names the database: SQLite inside the folder relative to it, elsewhere absolute."""
+    if database is None:
+        return DATABASE_FILE
+    if database.startswith(("postgresql://", "postgres://")):
+        return database
+    path = Path(database.removeprefix("sqlite:///")).resolve()
+    try:
+        return str(path.relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)  # outside the folder: shared by copies, like a PostgreSQL database
 
 
 @dataclass
@@ -122,31 +204,54 @@ class Gallery:
 
         spec = engine_spec(engine)
         f.mkdir(parents=True, exist_ok=True)
-        settings = _Settings(database or str(f / "gallery.sqlite"), index, spec.name)
+        settings = _Settings(_settings_database(f, database), index, spec.name, LAYOUT)
         cipher = TemplateCipher.load(key_file)
-        store = Store.open(settings.database)
+        store = Store.open(settings.database_url(f))
         pol = policy or Policy()
         ident = spec.identity()
-        with store.transaction() as tx:
-            if get_meta(tx, "gallery") is not None:
-                raise InputError(f"the database {store.location} holds a gallery already")
-            set_meta(tx, "gallery", {"created": _now(), "engine": ident.to_dict(), "dim": ident.embedding_dim})
-            set_meta(tx, "key_id", cipher.key_id.hex())
-            set_meta(tx, "policy", pol.to_dict())
-            _append(tx, actor, role, "init", params={"index": index, "engine": spec.name,
-                                                     "policy": pol.to_dict()})
-        (f / SETTINGS).write_text(tomli_w.dumps(asdict(settings)))
-        return cls._ready(f, store, cipher, pol, settings, actor, role)
+        try:
+            with store.transaction() as tx:
+                tx.lock_writes()
+                if get_meta(tx, "gallery") is not None:
+                    raise InputError(f"the database {store.location} holds a gallery already")
+                set_meta(tx, "gallery", {"created": _now(), "engine": ident.to_dict(), "dim": ident.embedding_dim})
+                set_meta(tx, "key_id", cipher.key_id.hex())
+                set_meta(tx, "policy", pol.to_dict())
+                entry = _append(tx, actor, role, "init", params={"index": index, "engine": spec.name,
+                                                                 "policy": pol.to_dict()})
+                _put_seal(tx, cipher, entry.seq)
+            write_private(f / SETTINGS, tomli_w.dumps(asdict(settings)))  # may hold a database password
+            return cls._ready(f, store, cipher, pol, settings, actor, role)
+        except BaseException:
+            store.close()
+            raise
 
     @classmethod
     def open(cls, folder: str | Path, *, key_file: str | Path | None = None, actor: str = "unknown",
              role: str = "operator") -> Gallery:
+        """Open a gallery; IntegrityError if its policy or log head fails authentication (see :meth:`seal`)."""
+        f, settings, cipher, store = cls._connect(folder, key_file)
+        try:
+            with store.transaction() as tx:
+                problems = _seal_problems(tx, cipher)
+            if problems:
+                raise IntegrityError(_seal_message(f, problems), problems)
+            policy = Policy.from_dict(store.get_meta("policy") or {})
+            return cls._ready(f, store, cipher, policy, settings, actor, role)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def _connect(cls, folder: str | Path, key_file: str | Path | None) -> tuple[Path, _Settings, TemplateCipher,
+                                                                             Store]:
+        """The folder's settings, the key (checked against the gallery's) and the open database."""
         f = Path(folder)
         if not (f / SETTINGS).is_file():
             raise InputError(f"{f}: not a gallery (no {SETTINGS}); create one with `faceaudit gallery init`")
-        settings = _Settings(**tomllib.loads((f / SETTINGS).read_text()))
+        settings = _Settings.read(f)
         cipher = TemplateCipher.load(key_file)
-        store = Store.open(settings.database)
+        store = Store.open(settings.database_url(f))
         key_id = store.get_meta("key_id")
         if key_id is None:
             store.close()
@@ -154,8 +259,75 @@ class Gallery:
         if key_id != cipher.key_id.hex():
             store.close()
             raise InputError(f"the key given (id {cipher.key_id.hex()}) is not the gallery's (id {key_id})")
-        policy = Policy.from_dict(store.get_meta("policy") or {})
-        return cls._ready(f, store, cipher, policy, settings, actor, role)
+        return f, settings, cipher, store
+
+    @classmethod
+    def check(cls, folder: str | Path, *, key_file: str | Path | None = None,
+              head: tuple[int, str] | None = None) -> GalleryCheck:
+        """Check a gallery's log (against ``head``, a published one, if given) and its seal, without refusing
+        on what it finds: what `faceaudit log verify` reports."""
+        _, _, cipher, store = cls._connect(folder, key_file)
+        try:
+            with store.transaction() as tx:
+                # the head against the log is the chain check's, stated more precisely there
+                problems = _seal_problems(tx, cipher, with_head=False)
+                problems += _latest_policy_problems(tx)
+            stored = _head(store.get_meta("log_head"))
+            return GalleryCheck(_check_chain(store, stored, head), problems, stored)
+        finally:
+            store.close()
+
+    @classmethod
+    def seal(cls, folder: str | Path, *, key_file: str | Path | None = None, actor: str = "unknown",
+             role: str = "admin", policy: Policy | None = None, head: tuple[int, str] | None = None) -> list[str]:
+        """Seal a gallery whose policy or log head fails authentication, or that was created before galleries
+        were sealed; returns the problems found (also logged with the seal).
+
+        Without ``policy`` the stored policy is sealed only if the log says it is the last one set and the log
+        checks out (against ``head``, a published head, if given): sealing what the log does not vouch for
+        would accept a policy changed in the database. With ``policy`` it replaces the stored one, whatever
+        that was (for a policy that was tampered with). Either way ``role`` must be allowed to set policies
+        by the policy that will be in force. Never done automatically on opening: then whoever can write the
+        database could delete the seal and have the next user's open seal their changes.
+        """
+        _, _, cipher, store = cls._connect(folder, key_file)
+        try:
+            with store.transaction() as tx:
+                problems = _seal_problems(tx, cipher)
+            stored_head = _head(store.get_meta("log_head"))
+            chain = _check_chain(store, stored_head, head)
+            if policy is None:
+                if not problems and chain.ok:
+                    return []
+                if not chain.ok:
+                    raise IntegrityError(
+                        "cannot seal the stored policy: the audit log fails its check (" + "; ".join(chain.problems)
+                        + "), so it cannot vouch for that policy. Restore the database from a backup, or replace "
+                          "the policy with the intended one: `faceaudit gallery seal FOLDER --policy FILE`",
+                        chain.problems)
+                with store.transaction() as tx:
+                    last = _last_policy_entry(tx)
+                stored = store.get_meta("policy")
+                if last is None or not _same_policy(_logged_policy(last), stored):
+                    where = f"seq {last.seq}" if last else "nowhere"
+                    raise IntegrityError(
+                        f"cannot seal the stored policy: it is not the last policy set in the audit log ({where}), "
+                        "so it was changed in the database outside faceaudit. Replace it with the intended "
+                        "policy: `faceaudit gallery seal FOLDER --policy FILE`", problems)
+                new = Policy.from_dict(stored)
+            else:
+                new = policy
+            new.allow(role, "policy")
+            found = problems + chain.problems
+            with store.transaction() as tx:
+                tx.lock_writes()
+                set_meta(tx, "policy", new.to_dict())
+                entry = _append(tx, actor, role, "seal", params={"policy": new.to_dict(), "replaced": policy
+                                                                 is not None, "problems": found[:50]})
+                _put_seal(tx, cipher, entry.seq)
+            return found
+        finally:
+            store.close()
 
     @classmethod
     def _ready(cls, folder: Path, store: Store, cipher: TemplateCipher, policy: Policy, settings: _Settings,
@@ -164,6 +336,61 @@ class Gallery:
         g.dim = int(store.get_meta("gallery")["dim"])
         g._load_index()
         return g
+
+    @contextmanager
+    def _write(self, cipher: TemplateCipher | None = None) -> Iterator[Tx]:
+        """A write transaction: the seal is checked before anything changes and renewed (under ``cipher``, for
+        a key rotation) before the commit, so a change made outside faceaudit is never sealed by accident."""
+        with self.store.transaction() as tx:
+            tx.lock_writes()
+            problems = _seal_problems(tx, self.cipher)
+            if problems:
+                raise IntegrityError(_seal_message(self.folder, problems), problems)
+            yield tx
+            _put_seal(tx, cipher or self.cipher)
+
+    def _refused(self, operation: str, exc: PolicyError, params: dict[str, Any], purpose: str | None = None,
+                 legal_basis: str | None = None) -> None:
+        with self._write() as tx:
+            _append(tx, self.actor, self.role, f"{operation}-refused", purpose=purpose, legal_basis=legal_basis,
+                    params=params, result={"rule": exc.rule})
+
+    def _check(self, operation: str, rule: Callable[[], None], params: dict[str, Any],
+               purpose: str | None = None, legal_basis: str | None = None) -> None:
+        """Run the policy check ``rule``; a refusal is logged (with the rule that refused) and raised."""
+        try:
+            rule()
+        except PolicyError as exc:
+            self._refused(operation, exc, params, purpose, legal_basis)
+            raise
+
+    def _take(self, operation: str, params: dict[str, Any]) -> None:
+        """Count one use of a rate-limited operation by this actor, or refuse (logged) if over the policy's
+        limit. Counted before the work, so failed attempts (an unknown subject id) count too."""
+        limit = self.policy.limits.max_for(operation)
+        if limit is None:
+            return
+        minutes = self.policy.limits.window_minutes
+        now = datetime.now(UTC)
+        since = (now - timedelta(minutes=minutes)).isoformat(timespec="microseconds")
+        refused = None
+        with self._write() as tx:
+            tx.run("DELETE FROM usage WHERE at < ?", (since,))
+            row = tx.one("SELECT COUNT(*) FROM usage WHERE actor = ? AND operation = ? AND at >= ?",
+                         (self.actor, operation, since))
+            used = int(row[0]) if row else 0
+            if used >= limit:
+                refused = PolicyError(f"limits.{self.policy.limits.key_for(operation)}",
+                                      f"{self.actor!r} ran {used} {operation} operations in the last {minutes} "
+                                      f"minutes, the most the policy allows; wait, or have the policy's [limits] "
+                                      "changed if this is a legitimate bulk task")
+                _append(tx, self.actor, self.role, f"{operation}-refused", params=params,
+                        result={"rule": refused.rule})
+            else:
+                tx.run("INSERT INTO usage (actor, operation, at) VALUES (?, ?, ?)",
+                       (self.actor, operation, now.isoformat(timespec="microseconds")))
+        if refused is not None:
+            raise refused
 
     def close(self) -> None:
         self.store.close()
@@ -182,12 +409,25 @@ class Gallery:
     def _aad(self, template_id: int, subject_id: str) -> bytes:
         return f"template:{template_id}:{subject_id}".encode()
 
+    def _decrypt(self, row: TemplateRow) -> np.ndarray:
+        """A template row's vector, authenticated with its id and subject (IntegrityError if the row was
+        altered: relabelled, given another row's blob, or edited)."""
+        try:
+            plain = self.cipher.decrypt(row.blob, self._aad(row.template_id, row.subject_id))
+        except DecryptionError as exc:
+            raise IntegrityError(
+                f"template {row.template_id}, stored as belonging to {row.subject_id!r}, fails authentication "
+                f"({exc}): its row in the database was altered outside faceaudit (relabelled to another subject, "
+                "or its encrypted template replaced). Restore the gallery database from a backup and check the "
+                "audit log with `faceaudit log verify`") from None
+        return np.frombuffer(plain, "<f4")
+
     def _decrypt_all(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self.store.templates()
         ids = np.array([r.template_id for r in rows], np.int64)
         vecs = np.zeros((len(rows), self.dim), np.float32)
         for i, r in enumerate(rows):
-            vecs[i] = np.frombuffer(self.cipher.decrypt(r.blob, self._aad(r.template_id, r.subject_id)), "<f4")
+            vecs[i] = self._decrypt(r)
         return ids, vecs
 
     def _load_index(self) -> None:
@@ -236,7 +476,7 @@ class Gallery:
     def enrol(self, subject_id: str, consent: Consent, *, images: Sequence[str | Path] = (),
               embeddings: np.ndarray | None = None) -> list[int]:
         """Enrol templates of one person with their consent record; returns the new template ids."""
-        self.policy.allow(self.role, "enrol")
+        self._check("enrol", lambda: self.policy.allow(self.role, "enrol"), {"subject_id": subject_id})
         if embeddings is None:
             if not images:
                 raise InputError("give images or embeddings to enrol")
@@ -244,7 +484,7 @@ class Gallery:
         else:
             vecs = self._check_vectors(embeddings)
             sources = ["embedding"] * len(vecs)
-        with self.store.transaction() as tx:
+        with self._write() as tx:
             ids = self._insert(tx, subject_id, consent, vecs, sources)
         self.index.add(np.array(ids, np.int64), vecs)
         self.index.save(self.index_path, self.cipher)
@@ -253,11 +493,11 @@ class Gallery:
     def enrol_many(self, items: Sequence[tuple[str, Consent, np.ndarray]], *, chunk: int = 1000) -> int:
         """Enrol many people from embeddings, ``chunk`` people per transaction (each with its own log entry);
         the index is written once at the end (after a crash it is rebuilt from the store on opening)."""
-        self.policy.allow(self.role, "enrol")
+        self._check("enrol", lambda: self.policy.allow(self.role, "enrol"), {"subjects": len(items)})
         done = 0
         for start in range(0, len(items), chunk):
             part = [(s, c, self._check_vectors(v)) for s, c, v in items[start:start + chunk]]
-            with self.store.transaction() as tx:
+            with self._write() as tx:
                 ids = [self._insert(tx, s, c, v, ["embedding"] * len(v)) for s, c, v in part]
             self.index.add(np.array([i for group in ids for i in group], np.int64),
                            np.concatenate([v for _, _, v in part]))
@@ -307,63 +547,95 @@ class Gallery:
 
     def search(self, *, image: str | Path | None = None, embedding: np.ndarray | None = None, k: int = 10,
                fpir: float = 0.01, purpose: str | None = None, legal_basis: str | None = None) -> SearchResult:
-        """1:N: the top-k candidates with scores; only those at or above the threshold are matches."""
-        try:
-            self.policy.allow_search(self.role, purpose, legal_basis, k, fpir)
-        except PolicyError as exc:
-            with self.store.transaction() as tx:
-                _append(tx, self.actor, self.role, "search-refused", purpose=purpose, legal_basis=legal_basis,
-                        params={"k": k, "fpir": fpir}, result={"rule": exc.rule})
-            raise
-        probe = self._embed([image])[0] if image is not None else None
+        """1:N: the top-k candidates with scores; only those at or above the threshold are matches.
+
+        Each candidate's owner is confirmed by decrypting its template (bound to its id and subject) and its
+        score recomputed from it: IntegrityError if a row was relabelled or the index file disagrees with the
+        store, rather than a wrong name."""
+        self._check("search", lambda: self.policy.allow_search(self.role, purpose, legal_basis, k, fpir),
+                    {"k": k, "fpir": fpir}, purpose, legal_basis)
+        probe = self._embed([image])[0][0] if image is not None else None
         if probe is None:
             if embedding is None:
                 raise InputError("give a probe image or embedding")
             probe = self._check_vectors(np.asarray(embedding, np.float32).reshape(1, -1))[0]
         threshold = self.threshold_for_fpir(fpir)
-        scores, ids = self.index.search(probe.reshape(1, -1), k)
-        owners = self._owners([int(i) for i in ids[0] if i >= 0])
-        cands = [Candidate(r + 1, owners[int(i)], int(i), float(s), bool(s >= threshold))
-                 for r, (s, i) in enumerate(zip(scores[0], ids[0], strict=True)) if i >= 0]
-        with self.store.transaction() as tx:
+        found = self._search_confirmed(probe, k)
+        cands = [Candidate(r + 1, owner, tid, score, bool(score >= threshold))
+                 for r, (tid, owner, score) in enumerate(found)]
+        with self._write() as tx:
             entry = _append(tx, self.actor, self.role, "search", purpose=purpose, legal_basis=legal_basis,
                             params={"k": k, "fpir": fpir, "threshold": threshold, "gallery_size": len(self.index)},
                             result={"candidates": [[c.subject_id, c.template_id, round(c.score, 6), c.match]
                                                    for c in cands]})
         return SearchResult(cands, threshold, fpir, len(self.index), self.policy.search.human_review, entry.seq)
 
-    def _owners(self, template_ids: list[int]) -> dict[int, str]:
-        if not template_ids:
-            return {}
-        with self.store.transaction() as tx:
-            marks = ",".join("?" * len(template_ids))
-            rows = tx.rows(f"SELECT template_id, subject_id FROM templates WHERE template_id IN ({marks})",
-                           template_ids)
-        return {int(t): str(s) for t, s in rows}
+    def _search_confirmed(self, probe: np.ndarray, k: int) -> list[tuple[int, str, float]]:
+        """``(template id, owner, score)`` of the top k, each owner confirmed by the template's own AAD.
+
+        The index holds ids and vectors only, encrypted and authenticated as a whole; the owner always comes
+        from the store row, and decrypting it proves that the row's subject is the one its template was
+        enrolled under. The score recomputed from that template must equal the index's: an index file from
+        another gallery under the same key (a copy that has since diverged) would otherwise pair an id with
+        someone else's vector."""
+        for attempt in range(2):
+            scores, ids = self.index.search(probe.reshape(1, -1), k)
+            hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            rows = {r.template_id: r for r in self.store.templates_by_id([i for i, _ in hits])}
+            if all(i in rows for i, _ in hits):
+                break
+            if attempt:
+                gone = sorted(i for i, _ in hits if i not in rows)
+                raise StoreError(f"template ids {gone} are in the search index but not in the store, even after "
+                                 f"reloading it; delete {self.index_path} to have it rebuilt from the store")
+            self._load_index()  # another process erased someone since this gallery was opened
+        out = []
+        for tid, score in hits:
+            row = rows[tid]
+            stored = float(self._decrypt(row) @ probe)
+            if abs(stored - score) > _SCORE_TOLERANCE:
+                raise IntegrityError(
+                    f"the search index's vector for template {tid} is not the store's (score {score:.6f} vs "
+                    f"{stored:.6f}): {self.index_path} was replaced (by another gallery's index under the same key?) "
+                    "or altered. Delete it to have it rebuilt from the store")
+            out.append((tid, row.subject_id, score))
+        return out
 
     def verify(self, subject_id: str, *, image: str | Path | None = None, embedding: np.ndarray | None = None,
                fmr: float = 1e-4) -> dict[str, Any]:
         """1:1: does the probe match any template of ``subject_id`` at the threshold for ``fmr``?"""
         from faceaudit.api import calibration_for
 
-        self.policy.allow(self.role, "verify")
-        probe = self._embed([image])[0] if image is not None else self._check_vectors(
+        params = {"subject_id": subject_id, "fmr": fmr}
+        self._check("verify", lambda: self.policy.allow(self.role, "verify"), params)
+        self._take("verify", params)  # 1:1 looped over every subject id would be a 1:N search
+        probe = self._embed([image])[0][0] if image is not None else self._check_vectors(
             np.asarray(embedding, np.float32).reshape(1, -1))[0]
         rows = self.store.templates(subject_id)
         if not rows:
             raise InputError(f"no templates enrolled for {subject_id!r}")
-        best = max(float(np.frombuffer(self.cipher.decrypt(r.blob, self._aad(r.template_id, r.subject_id)),
-                                       "<f4") @ probe) for r in rows)
+        best = max(float(self._decrypt(r) @ probe) for r in rows)
         threshold = calibration_for(self.settings.engine).threshold_for(fmr)
-        with self.store.transaction() as tx:
+        with self._write() as tx:
             _append(tx, self.actor, self.role, "verify", params={"subject_id": subject_id, "fmr": fmr},
                     result={"match": best >= threshold, "score": round(best, 6)})
         return {"subject_id": subject_id, "match": best >= threshold, "score": best, "threshold": threshold}
 
-    def delete(self, subject_id: str, *, reason: str = "erasure request") -> list[int]:
-        """Erase a person: templates and consent from the store, the index and its file; logged."""
-        self.policy.allow(self.role, "delete")
-        with self.store.transaction() as tx:
+    def delete(self, subject_id: str, *, reason: str = "erasure request",
+               requested_by_subject: bool = False) -> list[int]:
+        """Erase a person: templates and consent from the store, the index and its file; logged.
+
+        Always allowed for the subject's own request (``requested_by_subject``: the caller, e.g. a service that
+        authenticated the subject, vouches for it; logged); on anyone else's behalf only for a role the policy
+        gives ``delete``. ErasureIncompleteError (after the erasure is committed) if another reader keeps
+        SQLite from overwriting the deleted bytes."""
+        params = {"subject_id": subject_id, "reason": reason, "requested_by_subject": requested_by_subject}
+        self._check("delete", lambda: self.policy.allow(self.role, "delete",
+                                                        requested_by_subject=requested_by_subject), params)
+        return self._erase(subject_id, params)
+
+    def _erase(self, subject_id: str, params: dict[str, Any], *, purge: bool = True) -> list[int]:
+        with self._write() as tx:
             ids = [int(r[0]) for r in tx.rows("SELECT template_id FROM templates WHERE subject_id = ?",
                                               (subject_id,))]
             found = tx.one("SELECT 1 FROM subjects WHERE subject_id = ?", (subject_id,)) is not None
@@ -371,12 +643,13 @@ class Gallery:
                 raise InputError(f"no subject {subject_id!r} in the gallery")
             tx.run("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
             tx.run("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
-            _append(tx, self.actor, self.role, "delete", params={"subject_id": subject_id, "reason": reason},
-                    result={"template_ids": ids})
-        self.store.purge_deleted()
+            _append(tx, self.actor, self.role, "delete", params=params, result={"template_ids": ids})
+        # the index first: if the purge below fails, the person must already be out of every search
         if ids:
             self.index.remove(np.array(ids, np.int64))
         self.index.save(self.index_path, self.cipher)
+        if purge:
+            self.store.purge_deleted()
         return ids
 
     def expire(self, today: date | None = None) -> list[str]:
@@ -386,55 +659,65 @@ class Gallery:
             due = [str(r[0]) for r in tx.rows("SELECT subject_id FROM subjects WHERE expires IS NOT NULL AND "
                                               "expires < ?", (day,))]
         for s in due:
-            self.delete(s, reason=f"consent or retention ended before {day}")
+            # erasure the policy's retention or the consent itself requires: no role may be needed for it
+            self._erase(s, {"subject_id": s, "reason": f"consent or retention ended before {day}",
+                            "requested_by_subject": False}, purge=False)
+        if due:
+            self.store.purge_deleted()  # once, after all: a busy reader must not stop the others' erasure
         return due
 
-    def export(self, subject_id: str) -> dict[str, Any]:
-        """Everything held about one person (subject-access request): consent, templates, log entries."""
-        self.policy.allow(self.role, "export")
+    def export(self, subject_id: str, *, requested_by_subject: bool = False) -> dict[str, Any]:
+        """Everything held about one person (subject-access request): consent, templates, log entries.
+
+        The templates come out in plaintext, so on anyone else's behalf only a role the policy gives
+        ``export`` may; the subject's own request (``requested_by_subject``, vouched for by the caller and
+        logged) always may. Rate-limited per actor by the policy's ``[limits] max_exports``."""
+        params = {"subject_id": subject_id, "requested_by_subject": requested_by_subject}
+        self._check("export", lambda: self.policy.allow(self.role, "export",
+                                                        requested_by_subject=requested_by_subject), params)
+        self._take("export", params)
         with self.store.transaction() as tx:
             row = tx.one("SELECT consent, created, expires FROM subjects WHERE subject_id = ?", (subject_id,))
         if row is None:
             raise InputError(f"no subject {subject_id!r} in the gallery")
         import base64
-        import json
 
         templates = [{"template_id": r.template_id, "created": r.created, "source": r.source,
-                      "embedding_float32_base64": base64.b64encode(
-                          self.cipher.decrypt(r.blob, self._aad(r.template_id, r.subject_id))).decode()}
+                      "embedding_float32_base64": base64.b64encode(self._decrypt(r).tobytes()).decode()}
                      for r in self.store.templates(subject_id)]
         entries = [LogEntry.from_json(e) for _, e in self.store.log_rows()]
         mine = [e.to_json() for e in entries if _mentions(e, subject_id)]
-        with self.store.transaction() as tx:
-            _append(tx, self.actor, self.role, "export", params={"subject_id": subject_id},
+        with self._write() as tx:
+            _append(tx, self.actor, self.role, "export", params=params,
                     result={"templates": len(templates), "log_entries": len(mine)})
         return {"subject_id": subject_id, "consent": json.loads(row[0]), "created": row[1], "expires": row[2],
                 "templates": templates, "log_entries": [json.loads(m) for m in mine]}
 
     def rotate_key(self, new: TemplateCipher) -> int:
-        """Re-encrypt every template under ``new`` in one transaction; returns how many."""
-        self.policy.allow(self.role, "rotate-key")
+        """Re-encrypt every template under ``new`` in one transaction (and re-seal under it); returns how many."""
+        params = {"old_key_id": self.cipher.key_id.hex(), "new_key_id": new.key_id.hex()}
+        self._check("rotate-key", lambda: self.policy.allow(self.role, "rotate-key"), params)
         rows = self.store.templates()
-        with self.store.transaction() as tx:
+        with self._write(cipher=new) as tx:
             for r in rows:
-                aad = self._aad(r.template_id, r.subject_id)
                 tx.run("UPDATE templates SET blob = ? WHERE template_id = ?",
-                       (new.encrypt(self.cipher.decrypt(r.blob, aad), aad), r.template_id))
+                       (new.encrypt(self._decrypt(r).tobytes(), self._aad(r.template_id, r.subject_id)),
+                        r.template_id))
             set_meta(tx, "key_id", new.key_id.hex())
-            _append(tx, self.actor, self.role, "rotate-key", params={"old_key_id": self.cipher.key_id.hex(),
-                                                                     "new_key_id": new.key_id.hex()},
-                    result={"templates": len(rows)})
-        self.store.purge_deleted()
+            _append(tx, self.actor, self.role, "rotate-key", params=params, result={"templates": len(rows)})
         self.cipher = new
         self.index.save(self.index_path, self.cipher)
+        self.store.purge_deleted()  # the old ciphertexts
         return len(rows)
 
     def set_policy(self, policy: Policy) -> None:
-        self.policy.allow(self.role, "policy")
-        with self.store.transaction() as tx:
+        """Replace the policy (logged with the old and the new; the seal then names this entry)."""
+        self._check("policy", lambda: self.policy.allow(self.role, "policy"), {"new": policy.to_dict()})
+        with self._write() as tx:
             set_meta(tx, "policy", policy.to_dict())
-            _append(tx, self.actor, self.role, "policy", params={"old": self.policy.to_dict(),
-                                                                 "new": policy.to_dict()})
+            entry = _append(tx, self.actor, self.role, "policy", params={"old": self.policy.to_dict(),
+                                                                         "new": policy.to_dict()})
+            _put_seal(tx, self.cipher, entry.seq)
         self.policy = policy
 
     def verify_erasure(self, subject_id: str, template_ids: Sequence[int] = ()) -> list[str]:
@@ -459,6 +742,12 @@ class Gallery:
                 row = tx.one("PRAGMA secure_delete")
             if not row or int(row[0]) != 1:
                 problems.append("SQLite secure_delete is off: deleted templates may remain in free pages")
+            # Until a checkpoint has copied the zeroed pages over the old ones and emptied the WAL, the deleted
+            # bytes are still on disk; a reader holding an old snapshot keeps the checkpoint from finishing.
+            if not self.store.checkpoint():
+                problems.append(f"the WAL of {self.store.location} cannot be checkpointed (another connection holds "
+                                "a read transaction): the database file and its WAL may still hold the erased "
+                                "data; close the other readers and run verify-erasure again")
         return problems
 
     def log_head(self) -> tuple[int, str] | None:
@@ -466,8 +755,131 @@ class Gallery:
         return None if head is None else (int(head[0]), str(head[1]))
 
     def verify_log(self, head: tuple[int, str] | None = None) -> ChainCheck:
-        """Check the chain against ``head`` (a published one), else against the head stored beside it."""
-        return verify_chain(self.store.log_rows(), head or self.log_head())
+        """Check the chain against the head stored beside it (which must be its last entry) and, if given,
+        against ``head``, a published one (which must still be in it: later entries are fine)."""
+        return _check_chain(self.store, self.log_head(), head)
+
+
+def _head(value: Any) -> tuple[int, str] | None:
+    return None if value is None else (int(value[0]), str(value[1]))
+
+
+def _check_chain(store: Store, stored: tuple[int, str] | None, published: tuple[int, str] | None) -> ChainCheck:
+    check = verify_chain(store.log_rows(), stored, published=published)
+    if stored is None and check.entries:
+        # a missing head is not an empty log: the head row was deleted (and with it the check of the tail)
+        problem = (f"head: the head stored beside the log is missing, though the log has {check.entries} entries "
+                   "(deleted?)")
+        return ChainCheck(False, check.entries, [*check.problems, problem])
+    return check
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _seal_text(policy: Any, policy_seq: int, head: Any) -> bytes:
+    """What the seal authenticates: the stored policy as stored, the seq of the log entry that set it, the head."""
+    return b"faceaudit-seal\0" + _canonical({"head": head, "policy": policy, "policy_seq": policy_seq})
+
+
+def _put_seal(tx: Tx, cipher: TemplateCipher, policy_seq: int | None = None) -> None:
+    """Seal the policy and the head as they now are in ``tx`` (``policy_seq``: the entry that set the policy;
+    default: the one the current seal names)."""
+    if policy_seq is None:
+        seal = get_meta(tx, "seal")
+        policy_seq = int(seal["policy_seq"])
+    mac = cipher.seal(_seal_text(get_meta(tx, "policy"), policy_seq, get_meta(tx, "log_head")))
+    set_meta(tx, "seal", {"v": _SEAL_VERSION, "policy_seq": policy_seq, "mac": mac})
+
+
+def _seal_problems(tx: Tx, cipher: TemplateCipher, *, with_head: bool = True) -> list[str]:
+    """What is wrong with the seal, the policy and the head as stored (empty: all authentic). Cheap: a few
+    rows by key, no scan of the log."""
+    problems: list[str] = []
+    policy = get_meta(tx, "policy")
+    head = get_meta(tx, "log_head")
+    if with_head:
+        last = tx.one("SELECT seq, entry FROM log ORDER BY seq DESC LIMIT 1")
+        if last is None and head not in (None, [0, "0" * 64]):
+            problems.append(f"the log is empty but its head says it ends at seq {head[0]} (entries deleted)")
+        elif last is not None:
+            try:
+                tail: list[Any] | None = list(LogEntry.from_json(str(last[1])).head)
+            except LogFormatError:
+                tail = None
+                problems.append(f"the log's last entry (seq {last[0]}) is unreadable (edited?)")
+            if head is None:
+                problems.append(f"the log head is missing, though the log goes on to seq {last[0]} (deleted?)")
+            elif tail is not None and list(head) != tail:
+                problems.append(f"the log's last entry is seq {tail[0]} but the head says seq {head[0]}: entries were "
+                                "added, deleted or rewritten outside faceaudit")
+    seal = get_meta(tx, "seal")
+    if seal is None:
+        problems.append("the gallery has no seal: it was created before faceaudit authenticated policies (or the "
+                        "seal was deleted), so its policy cannot be trusted as stored")
+        return problems
+    if not (isinstance(seal, dict) and type(seal.get("policy_seq")) is int and isinstance(seal.get("mac"), str)):
+        problems.append("the seal is malformed (edited?)")
+        return problems
+    if not cipher.seal_ok(_seal_text(policy, seal["policy_seq"], head), seal["mac"]):
+        problems.append("the stored policy or log head was changed outside faceaudit: the seal over them (an HMAC "
+                        "under a key derived from the gallery key) does not match")
+    entry = tx.one("SELECT entry FROM log WHERE seq = ?", (seal["policy_seq"],))
+    try:
+        logged = _logged_policy(LogEntry.from_json(str(entry[0]))) if entry else None
+    except LogFormatError:
+        logged = None
+    if not _same_policy(logged, policy):
+        problems.append(f"the stored policy is not the one the audit log records at seq {seal['policy_seq']}")
+    return problems
+
+
+def _latest_policy_problems(tx: Tx) -> list[str]:
+    """Whether the seal names the last policy set in the log (a scan of the log; for `log verify`)."""
+    seal = get_meta(tx, "seal")
+    last = _last_policy_entry(tx)
+    if not isinstance(seal, dict) or last is None or last.seq == seal.get("policy_seq"):
+        return []
+    return [f"the policy in force was set at seq {seal.get('policy_seq')}, but seq {last.seq} set a later one "
+            "(rolled back?)"]
+
+
+def _last_policy_entry(tx: Tx) -> LogEntry | None:
+    # canonical JSON: the pattern '"operation":"x"' cannot occur inside a string value, where quotes are escaped
+    likes = " OR ".join("entry LIKE ?" for _ in _POLICY_PARAM)
+    row = tx.one(f"SELECT entry FROM log WHERE {likes} ORDER BY seq DESC LIMIT 1",
+                 [f'%"operation":"{op}"%' for op in _POLICY_PARAM])
+    if row is None:
+        return None
+    try:
+        return LogEntry.from_json(str(row[0]))
+    except LogFormatError:
+        return None
+
+
+def _logged_policy(entry: LogEntry) -> Any:
+    """The policy an init, policy or seal entry set (None for any other entry)."""
+    key = _POLICY_PARAM.get(entry.operation)
+    return None if key is None else entry.params.get(key)
+
+
+def _same_policy(a: Any, b: Any) -> bool:
+    """Whether two stored policies are the same rules (older ones lack keys that now have defaults)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    try:
+        return Policy.from_dict(a).to_dict() == Policy.from_dict(b).to_dict()
+    except (FaceauditError, TypeError, ValueError):
+        return False
+
+
+def _seal_message(folder: Path, problems: list[str]) -> str:
+    return (f"the gallery {folder} fails its integrity check: " + "; ".join(problems) + ". Its policy may have been "
+            f"changed outside faceaudit; refusing to use it. See `faceaudit log verify {folder}`; then restore the "
+            f"database from a backup, or (an admin with the key) seal it again with `faceaudit gallery seal "
+            f"{folder} --key KEY --role admin` (if the log vouches for the stored policy) or with `--policy FILE` "
+            "added (replacing the policy with FILE)")
 
 
 def _mentions(entry: LogEntry, subject_id: str) -> bool:
@@ -478,8 +890,6 @@ def _mentions(entry: LogEntry, subject_id: str) -> bool:
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, sort_keys=True)
 
 
@@ -487,6 +897,7 @@ def _append(tx: Tx, actor: str, role: str, operation: str, *, purpose: str | Non
             legal_basis: str | None = None, params: dict[str, Any] | None = None,
             result: dict[str, Any] | None = None) -> LogEntry:
     """Append one entry to the hash chain, in the caller's transaction, and move the head."""
+    tx.lock_writes()
     row = tx.one("SELECT entry FROM log ORDER BY seq DESC LIMIT 1")
     prev = LogEntry.from_json(row[0]) if row else None
     entry = next_entry(prev, actor=actor, role=role, operation=operation, purpose=purpose, legal_basis=legal_basis,

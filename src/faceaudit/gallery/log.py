@@ -23,7 +23,11 @@ What the head anchor protects against, and what it does not
     A chain alone cannot show that its newest entries were cut off (the shorter chain is still a valid
     chain), nor that someone with write access rewrote an entry and then recomputed every hash after it
     (a forged but self-consistent chain). The head catches both: the last seq or the last hash no longer
-    match it. It helps only as far as the head is out of the forger's reach: someone who can rewrite the
+    match it. Two heads are checked differently. The head stored beside the rows (``head``) must be the
+    last entry: an entry after it was added without moving it. A *published* head (``published``: a copy
+    taken at some time and kept elsewhere) must still be in the chain at its seq with exactly its hash;
+    entries after it are the operations since it was published. A published head helps only as far as it
+    is out of the forger's reach: someone who can rewrite the
     whole database *and* the head can forge any history, and nothing in here can tell. Against them, copy
     the head somewhere they cannot write (a signed audit report, another system, a supervisor's inbox) and
     verify against that copy. The chain also cannot show that an entry was true when it was written: a
@@ -295,7 +299,8 @@ def _extra(first: int, last: int) -> str:
     return f"seq {first} was added" if first == last else f"seq {first} to {last} were added"
 
 
-def verify_chain(rows: Iterable[tuple[int, str]], head: Sequence[Any] | None = None) -> ChainCheck:
+def verify_chain(rows: Iterable[tuple[int, str]], head: Sequence[Any] | None = None, *,
+                 published: Sequence[Any] | None = None) -> ChainCheck:
     """Check the stored log rows ``(seq, entry text)``, in storage order, and name every place it was tampered.
 
     Each row is checked on its own (the text parses, is canonical, its seq is the row's seq, its hash matches
@@ -303,9 +308,13 @@ def verify_chain(rows: Iterable[tuple[int, str]], head: Sequence[Any] | None = N
     row must be seq 1 after :data:`GENESIS`. With ``head`` = ``(last seq, last hash)`` the last row must be
     that entry, which catches a cut-off tail and a chain re-hashed from some entry on. Links are checked
     between neighbours rather than against an expected position, so one deleted or edited entry is reported
-    where it happened instead of at every entry after it. Reads the rows once, holding one entry at a time.
+    where it happened instead of at every entry after it. With ``published`` = ``(seq, hash)`` (a head
+    published earlier) the chain must hold that seq with exactly that hash; later entries are fine. Reads
+    the rows once, holding one entry at a time.
     """
     problems: list[str] = []
+    pub = _anchor(published) if published is not None else None
+    at_pub: list[str | None] = []  # hashes of the rows stored at the published seq (None: unreadable)
     count = 0
     prev_col: int | None = None  # seq column of the row before
     top_col = 0  # the highest seq column so far
@@ -341,8 +350,12 @@ def verify_chain(rows: Iterable[tuple[int, str]], head: Sequence[Any] | None = N
         except LogFormatError as e:
             problems.append(f"{where}: entry text is unreadable (edited?): {e}")
             prev = None
+            if isinstance(pub, tuple) and col == pub[0]:
+                at_pub.append(None)
             continue
         entry = LogEntry(**fields)
+        if isinstance(pub, tuple) and col == pub[0]:
+            at_pub.append(entry.hash)
         canonical = _canonical(fields)
         if canonical == text:
             # The text minus its hash member is what was hashed. In canonical text that member comes right
@@ -374,7 +387,37 @@ def verify_chain(rows: Iterable[tuple[int, str]], head: Sequence[Any] | None = N
 
     if head is not None:
         problems.extend(_check_head(head, count, prev_col, prev))
+    if isinstance(pub, str):
+        problems.append(pub)
+    elif pub is not None:
+        problems.extend(_check_published(pub, top_col, at_pub))
     return ChainCheck(ok=not problems, entries=count, problems=problems)
+
+
+def _anchor(head: Sequence[Any]) -> tuple[int, str] | str:
+    """``(seq, hash)`` of a published head, or the problem with it."""
+    if (isinstance(head, str) or len(head) != 2 or type(head[0]) is not int or head[0] < 0
+            or not isinstance(head[1], str) or not _HEX64.fullmatch(head[1])):
+        return f"head: malformed published head {head!r} (expected [seq, 64 lowercase hex digits])"
+    return int(head[0]), str(head[1])
+
+
+def _check_published(pub: tuple[int, str], top_col: int, at_pub: list[str | None]) -> list[str]:
+    """Whether the chain still holds the published head (entries after it are later operations)."""
+    seq, digest = pub
+    if seq == 0:  # published while the log was empty: every log extends it
+        return [] if digest == GENESIS else [f"head: the published head seq 0 must have the hash {GENESIS}"]
+    if top_col < seq:
+        return [f"head: the log is shorter than the published head (truncated): it ends at seq {top_col}, the "
+                f"published head is seq {seq}: {_missing(top_col + 1, seq)}"]
+    if digest in at_pub:
+        return []
+    if not at_pub:
+        return [f"head: the log has no entry at seq {seq}, where the published head is (deleted?)"]
+    shown = next((h for h in at_pub if h is not None), None)
+    found = f"its hash is {shown[:12]}…" if shown else "it is unreadable"
+    return [f"head: the entry at seq {seq} differs from the published head (rewritten): {found}, the published "
+            f"head says {digest[:12]}…"]
 
 
 def _check_head(head: Sequence[Any], count: int, last_col: int | None, last: LogEntry | None) -> list[str]:

@@ -7,15 +7,23 @@ absent. SQL is written once with ``?`` placeholders and translated for psycopg (
 
 Erasure. SQLite runs with ``secure_delete`` (deleted content is overwritten with zeros, in the
 table and the freed pages) and WAL; after a delete the WAL is checkpointed and truncated, so no
-copy of a deleted template stays in the database file or its WAL. PostgreSQL keeps deleted rows
+copy of a deleted template stays in the database file or its WAL. A checkpoint cannot finish while
+another connection reads an older snapshot (its pages, deleted data included, stay where they are):
+:meth:`Store.purge_deleted` then retries for a bounded time and raises :class:`ErasureIncompleteError`
+rather than report an erasure that has not happened. PostgreSQL keeps deleted rows
 until VACUUM, which runs after each delete (its own write-ahead log keeps old records until the
 server recycles the segments: an operator's retention setting, stated in the README).
+
+The SQLite file is created readable by its owner only (0600, whatever the umask); SQLite gives its WAL
+and shared-memory files the database file's permissions.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +41,9 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id)",
     "CREATE TABLE IF NOT EXISTS log (seq {bigint} PRIMARY KEY, entry TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # rate-limited operations (the policy's [limits]): one row per use, pruned once out of every window
+    "CREATE TABLE IF NOT EXISTS usage (actor TEXT NOT NULL, operation TEXT NOT NULL, at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS usage_actor ON usage(actor, operation, at)",
 ]
 #: The only column types the two databases spell differently.
 _TYPES = {"sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytes": "BLOB", "bigint": "INTEGER"},
@@ -41,6 +52,14 @@ _TYPES = {"sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bytes": "BL
 
 class StoreError(FaceauditError):
     """The gallery database refused or failed an operation."""
+
+
+class ErasureIncompleteError(StoreError):
+    """Deleted data could not be purged from the database's files (another connection holds them)."""
+
+
+#: How long purge_deleted waits, in all, for other readers to let a checkpoint finish (seconds).
+CHECKPOINT_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,12 @@ class Tx:
             return int(row[0])
         return int(self.run(sql, (subject_id, blob, created, source)).lastrowid)
 
+    def lock_writes(self) -> None:
+        """Serialise writers until the transaction ends. SQLite's BEGIN IMMEDIATE already holds the write lock;
+        PostgreSQL's READ COMMITTED would let two transactions read the same log tail or usage count."""
+        if self._dialect == "postgres":
+            self.run("LOCK TABLE log IN SHARE ROW EXCLUSIVE MODE")
+
 
 class Store:
     """A gallery database: open with :meth:`open` (a SQLite path or a ``postgresql://`` URL)."""
@@ -89,6 +114,7 @@ class Store:
         self.dialect = dialect
         self.location = location  # for messages: never holds a password
         self.path = path  # the SQLite file, None for PostgreSQL
+        self.checkpoint_wait = CHECKPOINT_WAIT  # seconds purge_deleted and checkpoint wait for other readers
 
     @classmethod
     def open(cls, url: str | Path) -> Store:
@@ -106,6 +132,7 @@ class Store:
         else:
             path = Path(text.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             lite = sqlite3.connect(path, isolation_level=None)  # transactions are explicit (BEGIN IMMEDIATE)
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):
                 lite.execute(f"PRAGMA {pragma}")
@@ -138,11 +165,20 @@ class Store:
         return self._conn
 
     # --- maintenance ---
-    def purge_deleted(self) -> None:
-        """Make deleted rows unrecoverable from the database's own files (see the module docstring)."""
+    def purge_deleted(self, wait: float | None = None) -> None:
+        """Make deleted rows unrecoverable from the database's own files (see the module docstring); on SQLite
+        raise ErasureIncompleteError when other readers keep the checkpoint from finishing for ``wait`` seconds
+        (default: ``checkpoint_wait``)."""
         conn = self._live()
+        wait = self.checkpoint_wait if wait is None else wait
         if self.dialect == "sqlite":
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self.checkpoint(wait):
+                raise ErasureIncompleteError(
+                    f"erasure is incomplete: another connection to {self.location} holds a read transaction, so "
+                    "the deleted data is still in the database file or its WAL (it was removed from the gallery "
+                    f"and the log, but its bytes are not yet overwritten; waited {wait:g} s). Close the other "
+                    "readers (other faceaudit processes, sqlite3 shells, backup tools) and run "
+                    "`faceaudit gallery verify-erasure`, which finishes the purge")
         else:
             conn.autocommit = True  # VACUUM cannot run inside a transaction
             try:
@@ -150,6 +186,29 @@ class Store:
                 conn.execute("VACUUM subjects")
             finally:
                 conn.autocommit = False
+
+    def checkpoint(self, wait: float | None = None) -> bool:
+        """SQLite: copy the WAL into the database file and truncate it to zero bytes, retrying while other
+        connections hold old snapshots, for at most ``wait`` seconds; whether it completed. (The pragma's
+        first result column is 1 when it could not finish: ignoring that would leave deleted data behind.)"""
+        conn = self._live()
+        if self.dialect != "sqlite":
+            return True
+        wait = self.checkpoint_wait if wait is None else wait
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                # the busy handler waits within one attempt; a short one so the deadline is kept
+                conn.execute(f"PRAGMA busy_timeout = {max(1, min(250, int(wait * 1000)))}")
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy is not None and int(busy[0]) == 0:
+                    wal = Path(f"{self.path}-wal")
+                    return not wal.exists() or wal.stat().st_size == 0
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 5000")  # sqlite3.connect's default
 
     def files(self) -> list[Path]:
         """The database's files on this machine (SQLite: the file and its WAL); none for PostgreSQL."""
@@ -176,9 +235,30 @@ class Store:
                                  "ORDER BY template_id"))
         return [TemplateRow(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), r[4]) for r in rows]
 
+    def templates_by_id(self, template_ids: Sequence[int]) -> list[TemplateRow]:
+        if not template_ids:
+            return []
+        marks = ",".join("?" * len(template_ids))
+        with self.transaction() as tx:
+            rows = tx.rows(f"SELECT template_id, subject_id, blob, created, source FROM templates "
+                           f"WHERE template_id IN ({marks})", [int(i) for i in template_ids])
+        return [TemplateRow(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), r[4]) for r in rows]
+
     def log_rows(self) -> list[tuple[int, str]]:
         with self.transaction() as tx:
             return [(int(s), str(e)) for s, e in tx.rows("SELECT seq, entry FROM log ORDER BY seq")]
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty SQLite file readable by its owner only (an empty file is an empty database)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask; fchmod is not
+    finally:
+        os.close(fd)
 
 
 def set_meta(tx: Tx, key: str, value: Any) -> None:
