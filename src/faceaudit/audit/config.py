@@ -31,9 +31,12 @@ from typing import Any
 import tomli_w
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import read_regular
 from faceaudit.metrics.rates import DEFAULT_FMRS
 
 DATASET_FORMATS = ("auto", "manifest", "folder", "lfw", "pairs")
+#: Largest config file read (bytes): a whole audit fits in a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,20 @@ class AuditConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> AuditConfig:
         p = Path(path)
+        if not p.exists():
+            raise InputError(f"{p}: no such config file")
+        data = read_regular(p, max_bytes=MAX_CONFIG_BYTES, what="an audit config")
         try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{p}: no such config file") from None
+            raw = tomllib.loads(data.decode("utf-8"))
+            return cls.from_dict(raw, base_dir=p.resolve().parent, where=str(p))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{p}: not UTF-8 text ({exc}); an audit config is a TOML text file") from exc
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"{p}: not valid TOML ({exc})") from exc
-        return cls.from_dict(raw, base_dir=p.resolve().parent, where=str(p))
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively; so does printing such a value
+            raise InputError(f"{p}: values nested too deeply to read; an audit config nests lists at most two "
+                             "levels (see examples/audit.toml)") from None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str | Path = ".", where: str = "config") -> AuditConfig:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import open_table
 from faceaudit.io.images import sha256_file
 from faceaudit.io.lfw import read_pairs
 from faceaudit.io.manifest import FILE_COLUMN, read_folder, read_inputs, read_manifest
@@ -80,7 +81,7 @@ def load_dataset(path: str | Path, fmt: str = "auto", *, pairs: str | Path | Non
     files: dict[str, dict[str, str]] = {}
     notes: list[str] = []
     if fmt == "manifest":
-        if not p.is_file():
+        if p.is_dir():  # other things that are not regular files are refused by read_manifest, by name
             raise InputError(f"{p}: format 'manifest' needs a CSV or Parquet file; this is a folder")
         table, root = read_manifest(p), p.resolve().parent
         files["manifest"] = {"path": str(p), "sha256": sha256_file(p)}
@@ -104,13 +105,14 @@ def load_dataset(path: str | Path, fmt: str = "auto", *, pairs: str | Path | Non
 
 def join_attributes(table: pd.DataFrame, path: Path, notes: list[str]) -> pd.DataFrame:
     """Add the label columns of ``path`` to ``table`` (on ``path`` if it has one, else on ``subject_id``)."""
-    try:
-        attrs = (pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq")
-                 else pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such attributes file") from None
-    except Exception as exc:  # pandas and pyarrow raise many parser errors
-        raise InputError(f"{path}: cannot read the attributes file ({exc})") from exc
+    if not path.exists():
+        raise InputError(f"{path}: no such attributes file")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    with open_table(path, "an attributes file", fmt="parquet" if parquet else "csv") as f:
+        try:
+            attrs = pd.read_parquet(f) if parquet else pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+        except Exception as exc:  # pandas and pyarrow raise many parser errors
+            raise InputError(f"{path}: cannot read the attributes file ({exc})") from exc
     key = "path" if "path" in attrs.columns else "subject_id" if "subject_id" in attrs.columns else None
     if key is None:
         raise InputError(f"{path}: an attributes file needs a 'path' or 'subject_id' column to join on "

@@ -35,7 +35,7 @@ RESERVED = ("ok", "reason", "message", "det_score", "face_index", "n_faces", "bo
 def _vector_column(table: pa.Table, p: Path) -> str:
     if "embedding" in table.column_names:
         return "embedding"
-    lists = [f.name for f in table.schema
+    lists: list[str] = [str(f.name) for f in table.schema
              if (pa.types.is_list(f.type) or pa.types.is_large_list(f.type) or pa.types.is_fixed_size_list(f.type))
              and (pa.types.is_floating(f.type.value_type) or pa.types.is_integer(f.type.value_type))]
     if len(lists) != 1:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from faceaudit.errors import ImageError
+from faceaudit.io.files import FileRefused, open_regular, read_regular
 
 #: Formats faceaudit reads. MPO is the multi-picture JPEG some cameras write.
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
@@ -25,14 +26,19 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
 #: A decompression bomb (a small file that claims a huge canvas) is refused from its header.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: Default ceiling on an image file's size in bytes (256 MiB: a 64-megapixel BMP is 192 MB). Checked
+#: before reading, so a huge file, or one that never ends, costs nothing.
+DEFAULT_MAX_FILE_BYTES = 256 << 20
+
 #: Reason codes a rejected image carries (``ImageError.reason``).
 REASONS = {
     "missing_file": "the file does not exist",
     "unreadable_file": "the file cannot be read",
+    "not_a_regular_file": "the path is a device, FIFO (named pipe) or socket, not a regular file",
     "empty_file": "the file is empty (0 bytes)",
     "not_an_image": "the file is not an image Pillow recognises",
     "unsupported_format": "the image format is not one of JPEG, PNG, WebP, BMP",
-    "too_large": "the image has more pixels than allowed",
+    "too_large": "the image has more pixels, or its file more bytes, than allowed",
     "truncated": "the image data ends early (truncated file)",
     "corrupt": "the image data is damaged",
     "unsupported_mode": "the image's colour mode cannot be converted to RGB",
@@ -55,17 +61,17 @@ class LoadedImage:
         return int(self.rgb.shape[1]), int(self.rgb.shape[0])
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """Read a whole file, turning OS errors into :class:`ImageError` with a reason."""
-    p = Path(path)
+def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """Read a whole image file, turning refusals and OS errors into :class:`ImageError` with a reason.
+
+    Only a regular file of at most ``max_bytes`` is read (:mod:`faceaudit.io.files`): a device such as
+    ``/dev/zero`` or a FIFO is refused (``not_a_regular_file``) without being opened, so one bad
+    manifest row can neither exhaust memory nor hang the batch.
+    """
     try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise ImageError("missing_file", "file not found; check the path", str(p)) from None
-    except IsADirectoryError:
-        raise ImageError("unreadable_file", "is a folder, not an image file", str(p)) from None
-    except OSError as exc:
-        raise ImageError("unreadable_file", f"cannot read the file ({exc.strerror})", str(p)) from None
+        return read_regular(path, max_bytes=max_bytes, what="an image file")
+    except FileRefused as exc:
+        raise ImageError(exc.reason, exc.detail, str(path)) from None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -74,22 +80,23 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    """SHA-256 of a regular file's bytes, read in 1 MiB blocks (a device or FIFO is refused, never read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> LoadedImage:
     """Load an image file (path or bytes) as an upright RGB uint8 array.
 
     Raises :class:`ImageError` whose ``reason`` is one of :data:`REASONS`.
     """
     if isinstance(source, bytes):
         return decode_image(source, max_pixels=max_pixels)
-    return decode_image(read_bytes(source), path=str(source), max_pixels=max_pixels)
+    return decode_image(read_bytes(source, max_bytes=max_file_bytes), path=str(source), max_pixels=max_pixels)
 
 
 def _load_strict(img: Image.Image) -> None:

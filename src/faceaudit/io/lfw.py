@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import read_text
 
 _LINE_FORMS = "'name n1 n2' (same person) or 'name1 n1 name2 n2' (different people)"
 
@@ -97,7 +98,7 @@ def parse_pair_lines(source: str | Path, lines: Sequence[str],
 
 def read_pairs(path: str | Path) -> list[LfwPair]:
     """Parse ``pairs.txt`` into pairs with their fold (0-based)."""
-    lines = Path(path).read_text().split("\n")
+    lines = read_text(path, "LFW's pairs.txt").split("\n")
     header = parse_header(lines[0])
     if header is None or header[0] is None:
         raise InputError(f"{path}: first line must be '<folds> <pairs per class>', got {lines[0]!r}")

@@ -3,6 +3,7 @@
 A manifest is CSV or Parquet with a ``path`` column (relative to the manifest's folder, or absolute)
 and a ``subject_id`` column; every other column passes through unchanged. CSV cells are read as text,
 so identifiers such as ``007`` keep their leading zeros; an empty cell is a missing value (unknown).
+A manifest must be a regular file with lines and columns within the limits of :mod:`faceaudit.io.files`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import open_table
 
 REQUIRED_COLUMNS = ("path", "subject_id")
 #: Column holding each image's absolute location; internal, never written out.
@@ -23,24 +25,28 @@ def read_inputs(source: str | Path) -> pd.DataFrame:
     src = Path(source)
     if src.is_dir():
         return read_folder(src)
-    if src.is_file():
+    if src.exists():  # read_manifest refuses what is not a regular file (a FIFO, a device), saying what it is
         return read_manifest(src)
     raise InputError(f"{src}: no such file or folder; give a folder with one subfolder per subject, "
                      "or a manifest (.csv or .parquet)")
 
 
 def read_folder(root: Path) -> pd.DataFrame:
-    """Images in ``root/<subject>/``; hidden files (starting with '.') are ignored, nothing else is."""
+    """Images in ``root/<subject>/``; hidden files (starting with '.') are ignored, nothing else is.
+
+    Everything that is not a folder is listed, a FIFO or a broken link included: reading it then fails
+    with a reason reported per image (``left_out.csv``), rather than the entry vanishing from the audit.
+    """
     rows = []
     loose = []
     for sub in sorted(root.iterdir()):
         if sub.name.startswith("."):
             continue
-        if sub.is_file():
+        if not sub.is_dir():
             loose.append(sub.name)
             continue
         for f in sorted(sub.rglob("*")):
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts):
+            if not f.is_dir() and not any(part.startswith(".") for part in f.relative_to(root).parts):
                 rows.append({"path": f.relative_to(root).as_posix(), "subject_id": sub.name, FILE_COLUMN: str(f)})
     if loose:
         shown = ", ".join(loose[:5]) + (" ..." if len(loose) > 5 else "")
@@ -56,17 +62,16 @@ def read_folder(root: Path) -> pd.DataFrame:
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet manifest; see the module docstring."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            raise InputError(f"{path}: unknown manifest type {suffix!r}; use .csv or .parquet")
-    except InputError:
-        raise
-    except Exception as exc:  # pandas and pyarrow raise many parser errors
-        raise InputError(f"{path}: cannot read the manifest ({exc})") from exc
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError(f"{path}: unknown manifest type {suffix!r}; use .csv or .parquet")
+    with open_table(path, "a manifest") as f:
+        try:
+            if suffix == ".csv":
+                df = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+            else:
+                df = pd.read_parquet(f)
+        except Exception as exc:  # pandas and pyarrow raise many parser errors
+            raise InputError(f"{path}: cannot read the manifest ({exc})") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(

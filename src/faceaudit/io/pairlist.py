@@ -18,10 +18,12 @@ Formats, chosen by the file's suffix:
 
 Paths are relative to the image root, the folder the image table's ``path`` column is relative to, or
 absolute. :func:`match_pairs` maps them to rows of the table and accounts for every pair it cannot use.
+A pair list must be a regular file with lines and columns within the limits of :mod:`faceaudit.io.files`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,6 +33,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import MAX_LINE_BYTES, open_table, read_text
 from faceaudit.io.lfw import parse_pair_lines
 from faceaudit.io.manifest import FILE_COLUMN
 
@@ -83,7 +86,7 @@ class PairMatch:
 def read_pair_list(path: str | Path) -> PairList:
     """Read a pair list in one of the formats of the module docstring."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():  # anything else that is not a regular file is refused when opened, saying what it is
         raise InputError(f"{p}: no such pair list; give a .csv, .parquet or .txt file")
     suffix = p.suffix.lower()
     if suffix == ".txt":
@@ -155,10 +158,7 @@ def match_pairs(pairs: PairList, table: pd.DataFrame) -> PairMatch:
 
 
 def _read_text(path: Path) -> PairList:
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a text file ({exc}); a .txt pair list is LFW-style plain text") from exc
+    lines = read_text(path, "a .txt pair list (LFW style)").splitlines()
     pairs = parse_pair_lines(path, lines)
     has_folds = bool(pairs) and pairs[0].fold is not None  # a file's pairs all have folds or none do
     return PairList(
@@ -201,16 +201,19 @@ def _read_table(path: Path, suffix: str) -> PairList:
 
 def _load(path: Path, suffix: str, columns: list[str] | None) -> pd.DataFrame:
     """Those columns of the file; ``None`` reads only the column names (no rows)."""
-    try:
-        if suffix == ".csv":
-            # text cells, so labels and paths arrive as written; an empty cell is missing
-            return pd.read_csv(path, usecols=columns, nrows=0 if columns is None else None, dtype=str,
-                               keep_default_na=False, na_values=[""])
-        if columns is None:
-            return pq.read_schema(path).empty_table().to_pandas()  # type: ignore[no-any-return]
-        return pd.read_parquet(path, columns=columns)
-    except Exception as exc:  # pandas and pyarrow raise many parser errors
-        raise InputError(f"{path}: cannot read the pair list ({exc})") from exc
+    with open_table(path, "a pair list", header_only=columns is None) as f:
+        try:
+            if suffix == ".csv":
+                # pandas reads far past the header even for nrows=0: give it the (checked) first line only
+                source = f if columns is not None else io.BytesIO(f.readline(MAX_LINE_BYTES + 2))
+                # text cells, so labels and paths arrive as written; an empty cell is missing
+                return pd.read_csv(source, usecols=columns, nrows=0 if columns is None else None, dtype=str,
+                                   keep_default_na=False, na_values=[""])
+            if columns is None:
+                return pq.read_schema(f).empty_table().to_pandas()  # type: ignore[no-any-return]
+            return pd.read_parquet(f, columns=columns)
+        except Exception as exc:  # pandas and pyarrow raise many parser errors
+            raise InputError(f"{path}: cannot read the pair list ({exc})") from exc
 
 
 def _pick(path: Path, found: list[str], options: tuple[tuple[str, ...], ...]) -> tuple[str, ...] | None:

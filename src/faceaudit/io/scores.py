@@ -2,6 +2,8 @@
 
 Pairs file (CSV or Parquet): ``id_a``, ``id_b``, ``score``. Manifest (CSV or Parquet): ``id``,
 ``subject_id`` and any attribute columns. Files far larger than memory are read a chunk at a time.
+Both must be regular files within the limits of :mod:`faceaudit.io.files`; a pairs CSV's header is
+checked before parsing, and its other lines are bounded by the block size of the chunked reader.
 """
 
 from __future__ import annotations
@@ -18,25 +20,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import check_csv, check_parquet, open_regular, open_table
 
 PAIR_COLUMNS = ("id_a", "id_b", "score")
 
 
 def read_score_manifest(path: str | Path) -> pd.DataFrame:
     p = Path(path)
-    try:
-        if p.suffix.lower() == ".csv":
-            df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
-        elif p.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        else:
-            raise InputError(f"{p}: unknown manifest type {p.suffix!r}; use .csv or .parquet")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such manifest") from None
-    except InputError:
-        raise
-    except Exception as exc:  # pandas and pyarrow raise many parser errors
-        raise InputError(f"{p}: cannot read the manifest ({exc})") from exc
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError(f"{p}: unknown manifest type {p.suffix!r}; use .csv or .parquet")
+    with open_table(p, "a score manifest") as f:
+        try:
+            df = (pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""]) if suffix == ".csv"
+                  else pd.read_parquet(f))
+        except Exception as exc:  # pandas and pyarrow raise many parser errors
+            raise InputError(f"{p}: cannot read the manifest ({exc})") from exc
     missing = [c for c in ("id", "subject_id") if c not in df.columns]
     if missing:
         raise InputError(f"{p}: missing column(s) {', '.join(missing)}; a score manifest needs 'id' and 'subject_id'")
@@ -64,22 +63,34 @@ class PairChunk:
 
 def _batches(p: Path, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of the file with ``columns``; ids and (in CSV) scores as text, converted by the caller."""
-    if p.suffix.lower() == ".csv":
-        _check_columns(p, pd.read_csv(p, nrows=0).columns)
-        # ids stay text (leading zeros are significant); scores are parsed leniently by the caller
-        reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_rows * 32)),
-                                convert_options=pacsv.ConvertOptions(
-                                    include_columns=columns, column_types={c: pa.string() for c in columns},
-                                    strings_can_be_null=True))
-        yield from reader
-    elif p.suffix.lower() in (".parquet", ".pq"):
-        # pre_buffer (on by default) keeps every column chunk read so far until the iteration ends:
-        # 10^8 rows held about 840 MB; without it memory stays at one batch
-        f = pq.ParquetFile(p, pre_buffer=False)
-        _check_columns(p, f.schema_arrow.names)
-        yield from f.iter_batches(batch_size=chunk_rows, columns=columns)
-    else:
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
         raise InputError(f"{p}: unknown pairs file type {p.suffix!r}; use .csv or .parquet")
+    block = max(1 << 20, chunk_rows * 32)
+    with open_regular(p, what="a pairs file") as f:
+        try:
+            if suffix == ".csv":
+                # the header only: the file may hold billions of rows; every other line is bounded by the block
+                _check_columns(p, check_csv(f, p, "a pairs file", header_only=True))
+                # ids stay text (leading zeros are significant); scores are parsed leniently by the caller
+                yield from pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=block),
+                                          convert_options=pacsv.ConvertOptions(
+                                              include_columns=columns, column_types={c: pa.string() for c in columns},
+                                              strings_can_be_null=True))
+            else:
+                check_parquet(f, p, "a pairs file")
+                # pre_buffer (on by default) keeps every column chunk read so far until the iteration ends:
+                # 10^8 rows held about 840 MB; without it memory stays at one batch
+                pf = pq.ParquetFile(f, pre_buffer=False)
+                _check_columns(p, pf.schema_arrow.names)
+                yield from pf.iter_batches(batch_size=chunk_rows, columns=columns)
+        except pa.ArrowInvalid as exc:
+            if "straddl" in str(exc):  # pyarrow's word for a row longer than its block: not a list of pairs
+                raise InputError(f"{p}: a line is longer than {block:,} bytes, the limit for a pairs file "
+                                 "(id_a,id_b,score per line); is this the right file?") from None
+            raise InputError(f"{p}: cannot read the pairs file ({exc})") from exc
+        except OSError as exc:  # pyarrow's ArrowIOError, e.g. a damaged Parquet page
+            raise InputError(f"{p}: cannot read the pairs file ({exc})") from exc
 
 
 def _scores(col: pa.Array) -> np.ndarray:
@@ -96,7 +107,7 @@ def iter_pairs(path: str | Path, ids: pd.Series | None = None, chunk_rows: int =
     are read (the index arrays are empty).
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"{p}: no such pairs file")
     columns = list(PAIR_COLUMNS) if ids is not None else ["score"]
     value_set = None if ids is None else pa.array(ids.astype(str).tolist(), pa.string())

@@ -8,10 +8,11 @@ differential under the null. The p-value is (1 + #{permutations with statistic >
 
 Statistics: FPD (max/min of within-group FMR, over the groups with impostor pairs) and FND (max/min
 of FNMR, over the groups with genuine pairs), with the rule-of-3 for zero rates as in
-:mod:`faceaudit.metrics.summary`; a side no group has pairs for is not tested (NaN p-value). Counts in a permutation, with n_u the enrolled
-images of subject u: genuine pairs and false non-matches of g add up over g's subjects; impostor
-pairs within g are ((sum_u n_u)^2 - sum_u n_u^2) / 2 over its subjects; false matches within g are
-the tail pairs above the threshold whose two subjects are both in g (so the threshold must be exact).
+:mod:`faceaudit.metrics.summary`; a side no group has pairs for is not tested (NaN p-value).
+Counts in a permutation, with n_u the enrolled images of subject u: genuine pairs and false
+non-matches of g add up over g's subjects; impostor pairs within g are ((sum_u n_u)^2 - sum_u n_u^2) / 2
+over its subjects; false matches within g are the tail pairs above the threshold whose two subjects
+are both in g (so the threshold must be exact).
 A subject whose images carry different groups takes the group of most of its images.
 """
 

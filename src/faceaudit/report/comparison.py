@@ -19,7 +19,7 @@ import numpy as np
 
 from faceaudit.report import figures
 from faceaudit.report.findings import fmt_rate, one_in
-from faceaudit.report.summary import md_cell, md_interval
+from faceaudit.report.summary import md_cell, md_interval, md_text
 
 MEASURES = {
     "fpd": "FPD (highest group FMR / lowest)",
@@ -260,20 +260,21 @@ def render_comparison_summary(results: dict[str, Any], provenance: dict[str, Any
     audit = results["audit"]
     ds = audit["dataset"]
     names = [e["name"] for e in results["engines"]]
-    lines = [f"# {audit['title']}", "", "## Engines and data", ""]
+    t = md_text  # every user-given text (titles, engine and group names, paths) is escaped: see summary.py
+    lines = [f"# {t(audit['title'])}", "", "## Engines and data", ""]
     for e in results["engines"]:
         p = e.get("protocol")
-        acc = f"; {p['name']} accuracy {p['accuracy']:.2%}" if p else ""
-        lines.append(f"- {e['name']} ({e['title']}): {e['failed_to_enrol']:,} images failed to enrol{acc}")
-    lines += [f"- Dataset: {ds['name']}: {ds['images']:,} images of {ds['subjects']:,} people; "
+        acc = f"; {t(p['name'])} accuracy {p['accuracy']:.2%}" if p else ""
+        lines.append(f"- {t(e['name'])} ({t(e['title'])}): {e['failed_to_enrol']:,} images failed to enrol{acc}")
+    lines += [f"- Dataset: {t(ds['name'])}: {ds['images']:,} images of {ds['subjects']:,} people; "
               f"{ds['enrolled_by_all']:,} enrolled by every engine (all engines are measured on these)",
-              f"- Demographic labels: {ds.get('labels') or 'source not stated'}",
-              f"- Intervals: {results['settings']['bootstrap']['method']} "
+              f"- Demographic labels: {t(ds.get('labels') or 'source not stated')}",
+              f"- Intervals: {t(results['settings']['bootstrap']['method'])} "
               f"({results['settings']['bootstrap']['replicates']} replicates)", "", "## Findings", ""]
     for a in results["analyses"]:
         for k, op in enumerate(a["operating_points"]):
-            lines += [f"### By {' x '.join(a['attributes'])}, target FMR {op['target_fmr']:g}", ""]
-            lines += headline({"engines_order": names}, a, k)
+            lines += [f"### By {t(' x '.join(a['attributes']))}, target FMR {op['target_fmr']:g}", ""]
+            lines += [t(s) for s in headline({"engines_order": names}, a, k)]  # they quote engines and groups
             lines += ["", "| group | " + " | ".join(f"{md_cell(n)} FMR [95% CI] | {md_cell(n)} FNMR [95% CI]"
                                                      for n in names) + " |",
                       "|---|" + "---|---|" * len(names)]
@@ -286,13 +287,13 @@ def render_comparison_summary(results: dict[str, Any], provenance: dict[str, Any
                 lines.append(f"| {md_cell(lab)} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["## Limitations", ""]
-    lines += [f"- {item['text']}" for item in results.get("limitations") or []] or ["- None found in the numbers."]
+    lines += [f"- {t(item['text'])}" for item in results.get("limitations") or []] or ["- None found in the numbers."]
     lines += ["", "## Provenance", "",
-              f"- faceaudit {provenance.get('faceaudit_version')}, seed {provenance.get('seed')}",
-              f"- Images Merkle root: {provenance.get('images_merkle_root') or 'n/a'}"]
+              f"- faceaudit {t(provenance.get('faceaudit_version'))}, seed {t(provenance.get('seed'))}",
+              f"- Images Merkle root: {t(provenance.get('images_merkle_root') or 'n/a')}"]
     for name, ident in (provenance.get("engines") or {}).items():
         for m in (ident or {}).get("models", []):
-            lines.append(f"- {name} {m['role']}: {m['file']} sha256 {m['sha256'] or 'built in'}")
+            lines.append(f"- {t(name)} {t(m['role'])}: {t(m['file'])} sha256 {t(m['sha256'] or 'built in')}")
     lines += ["", "Full report: report.html (each engine's own report under engines/); numbers: results.json; "
               "rerun: `faceaudit audit --config config.toml`.", ""]
     return "\n".join(lines)

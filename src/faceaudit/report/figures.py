@@ -25,6 +25,8 @@ Choices:
 * Anything undefined in the results (JSON null: a group without impostor or genuine pairs, an empty
   cross-group cell, a missing histogram) is skipped or marked "n/a" / "no pairs"; it never raises.
 * Titles and axis labels use plain words for readers who are not biometrics specialists.
+* Text is drawn literally (``text.parse_math`` off): labels come from user data, and a ``$`` in one must
+  neither start a formula nor make the mathtext parser raise.
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ _RC: dict[str, Any] = {
     "figure.titlesize": 13,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    # Group labels and attribute names are user data: "$" must print as "$", never start mathtext, whose
+    # parser raises on a label such as "$\frac{$" and would kill the audit (and TeX is never wanted).
+    "text.parse_math": False,
+    "text.usetex": False,
 }
 
 
