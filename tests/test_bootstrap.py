@@ -95,4 +95,10 @@ def test_permutation_p_value_is_nan_when_nothing_can_be_tested() -> None:
     stats.add_impostor_pairs(np.array([0.1, 0.2], np.float32), np.array([c, c]), np.array([0, 1]), np.array([2, 3]))
     n_sg = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], float)
     res = permutation_test(stats, n_sg, Threshold(0.15, True, 1, 2), permutations=20)
+    # two people per group give impostor pairs within each group (FPD testable), but no genuine pairs
+    assert res is not None and res.fpd == 1.0 and res.fpd_p_value == 1.0 and np.isnan(res.fnd_p_value)
+    one_each = np.array([[1, 0], [0, 1]], float)  # one person per group: neither side has pairs
+    stats = PairStatistics(n_groups=2, bins=ScoreBins(), top_k=100)
+    stats.add_impostor_pairs(np.array([0.1], np.float32), np.array([c]), np.array([0]), np.array([1]))
+    res = permutation_test(stats, one_each, Threshold(0.15, True, 1, 1), permutations=20)
     assert res is not None and np.isnan(res.fpd_p_value) and np.isnan(res.fnd_p_value)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from faceaudit.errors import InputError
-from faceaudit.evaluate import evaluate_embeddings, evaluate_scores
+from faceaudit.evaluate import evaluate_embeddings, evaluate_frame, evaluate_scores
 from faceaudit.io.embeddings import write_embeddings
 from faceaudit.metrics.rates import counts_at, global_threshold
 from faceaudit.metrics.summary import gini, summarise
@@ -507,3 +507,20 @@ def test_nothing_enrolled_is_a_clear_error() -> None:
                           "embedding": [None, None, np.ones(4, np.float32) / 2]})
     with pytest.raises(InputError, match=r"only 1 of 3 images enrolled \(failures: 2 missing_file\)"):
         evaluate_frame(frame, {}, ["sex"])
+
+
+def test_labels_holding_the_key_separators_keep_their_values() -> None:
+    """A label value may contain '|' or '=' (it is the user's text): grouped and reported, not parsed apart."""
+    table, emb = population(seed=4)
+    table["race"] = table["race"].map({"A": "A|B", "B": "x=y", "": ""})
+    g = assign_groups(table, ["sex", "race"])
+    assert {tuple(g.values(i).values()) for i in range(g.n_groups)} == {
+        (s, r) for s in ("F", "M") for r in ("A|B", "x=y", "unknown")}
+    assert list(g.labels) == sorted(g.labels)
+    for i in range(g.n_groups):  # each image in the group its own values name
+        rows = table[g.index == i]
+        v = g.values(i)
+        assert (rows["sex"] == v["sex"]).all() and (rows["race"].replace("", "unknown") == v["race"]).all()
+    df = table.assign(ok=True, embedding=list(emb))
+    doc = evaluate_frame(df, {}, ["race"], target_fmrs=[1e-1], bootstrap=20, permutations=10).to_dict()
+    assert {x["values"]["race"] for x in doc["analyses"][0]["groups"]} == {"A|B", "x=y", "unknown"}

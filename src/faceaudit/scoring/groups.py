@@ -19,11 +19,16 @@ UNKNOWN = "unknown"
 
 @dataclass(frozen=True)
 class Grouping:
-    """Images assigned to groups: ``labels`` (G,) group keys, ``index`` (N,) each image's group."""
+    """Images assigned to groups: ``labels`` (G,) group keys, ``index`` (N,) each image's group.
+
+    ``group_values`` holds each group's attribute values as given: a value may contain ``|`` or ``=``,
+    so they are kept, never parsed back out of the label.
+    """
 
     attributes: tuple[str, ...]
     labels: tuple[str, ...]
     index: np.ndarray
+    group_values: tuple[tuple[str, ...], ...] = ()
 
     @property
     def n_groups(self) -> int:
@@ -31,11 +36,16 @@ class Grouping:
 
     def values(self, g: int) -> dict[str, str]:
         """The attribute values of group ``g``, e.g. {'sex': 'F', 'race': 'Black'}."""
+        if self.group_values:
+            return dict(zip(self.attributes, self.group_values[g], strict=True))
         return dict(part.split("=", 1) for part in self.labels[g].split("|"))
 
 
 def assign_groups(table: pd.DataFrame, attributes: Sequence[str]) -> Grouping:
-    """Group each row of ``table`` by the intersection of ``attributes`` (one attribute: plain groups)."""
+    """Group each row of ``table`` by the intersection of ``attributes`` (one attribute: plain groups).
+
+    Groups are ordered by their key (``sex=F|race=A`` before ``sex=F|race=B``).
+    """
     attrs = tuple(attributes)
     if not attrs:
         raise InputError("name at least one attribute to group by (e.g. --by sex)")
@@ -43,16 +53,24 @@ def assign_groups(table: pd.DataFrame, attributes: Sequence[str]) -> Grouping:
     if missing:
         cols = ", ".join(c for c in map(str, table.columns) if not c.startswith("_"))
         raise InputError(f"unknown attribute column(s) {', '.join(missing)}; columns available: {cols}")
-    parts = []
-    for a in attrs:
-        col = table[a].astype("string").str.strip()
-        col = col.fillna(UNKNOWN).replace("", UNKNOWN)
-        parts.append(f"{a}=" + col)
-    keys = parts[0]
-    for p in parts[1:]:
-        keys = keys + "|" + p
-    labels, index = np.unique(keys.to_numpy(dtype=str), return_inverse=True)
-    return Grouping(attributes=attrs, labels=tuple(str(v) for v in labels), index=index.astype(np.int32))
+    cols = [table[a].astype("string").str.strip().fillna(UNKNOWN).replace("", UNKNOWN).to_numpy(dtype=object)
+            for a in attrs]
+    combined = np.zeros(len(table), np.int64)
+    for col in cols:
+        codes, values = pd.factorize(col)
+        # re-factorised after each attribute, so the combined code stays below the number of rows
+        combined = pd.factorize(combined * len(values) + codes)[0].astype(np.int64)
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    tuples = [tuple(str(col[i]) for col in cols) for i in first]
+    keys = ["|".join(f"{a}={v}" for a, v in zip(attrs, t, strict=True)) for t in tuples]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"labels of {', '.join(attrs)} give two groups the same name (a value holding '|' or "
+                         "'='); rename those values")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return Grouping(attributes=attrs, labels=tuple(keys[i] for i in order), index=rank[inverse.ravel()],
+                    group_values=tuple(tuples[i] for i in order))
 
 
 def cell_index(a: np.ndarray | int, b: np.ndarray | int, n_groups: int) -> np.ndarray:
