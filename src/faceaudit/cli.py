@@ -204,7 +204,8 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
 
 @main.command()
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Embeddings file from `faceaudit embed`.")
+              help="Embeddings file from `faceaudit embed`, or any system's vectors (Parquet or .npz: path or id, "
+                   "subject_id, labels, a vector column).")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pairs file of another system (CSV or Parquet: id_a, id_b, score); needs --manifest.")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -225,10 +226,13 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
               help="Also 1:N search metrics (FPIR, FNIR, rank-k) by probe group, from a gallery/probe split.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results.json to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--system-name", default=None,
+              help="Name of the system whose vectors --embeddings holds, when faceaudit did not make them.")
 @cluster_option
 def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, distance: bool, by: tuple[str, ...],
              intersect: bool, fmrs: tuple[float, ...], alpha: float, replicates: int, permutations: int, seed: int,
-             impostor_sample: float | None, identification: bool, out: str, quiet: bool, cluster: str | None) -> None:
+             impostor_sample: float | None, identification: bool, out: str, quiet: bool, cluster: str | None,
+             system_name: str | None) -> None:
     """Per-group false match and false non-match rates at one global threshold per target FMR."""
     from faceaudit.evaluate import evaluate_embeddings, evaluate_identification, evaluate_scores
     from faceaudit.metrics.rates import DEFAULT_FMRS
@@ -248,7 +252,8 @@ def evaluate(embeddings: str | None, scores: str | None, manifest: str | None, d
         with cluster_client(cluster, _echo_err) as client:
             result = evaluate_embeddings(embeddings, list(by), intersect=intersect, target_fmrs=targets, alpha=alpha,
                                          bootstrap=replicates, permutations=permutations, seed=seed,
-                                         impostor_sample=impostor_sample, progress=not quiet, cluster=client)
+                                         impostor_sample=impostor_sample, progress=not quiet, cluster=client,
+                                         system_name=system_name)
     if identification:
         if embeddings is None:
             raise click.UsageError("--identification needs --embeddings (it searches a gallery)")
@@ -355,11 +360,11 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
     cfg = cfg.override("pairs", impostor_sample=impostor_sample)
     cfg = cfg.override("uncertainty", bootstrap=bootstrap, permutations=permutations, seed=seed)
     cfg = cfg.override("run", workers=workers, cache=False if no_cache else None, cluster=cluster)
-    res = run_audit(cfg, out, sign=sign, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+    res = run_audit(cfg, out, sign=sign, progress=not quiet, echo=lambda m: click.echo(_shown(m), err=True))
     for line in _audit_lines(res.results):
-        click.echo(line)
-    click.echo(f"Report: {Path(out) / 'report.html'}  (also results.json, summary.md; check with "
-               f"`faceaudit verify-report {out}`)")
+        click.echo(_shown(line))  # labels are the user's data: no terminal escapes reach the screen
+    check = f"faceaudit verify-report {out}" + (" --pubkey YOUR_PUBLIC_KEY" if sign else "")
+    click.echo(f"Report: {Path(out) / 'report.html'}  (also results.json, summary.md; check with `{check}`)")
 
 
 def _audit_lines(results: dict[str, Any]) -> list[str]:
@@ -403,11 +408,10 @@ def attributes(predictions: str, truth: str, predicted: str, by: tuple[str, ...]
     Parquet file with the true and predicted labels."""
     import pandas as pd
 
+    from faceaudit.io.manifest import read_table
     from faceaudit.metrics.attributes import attribute_table
 
-    p = Path(predictions)
-    df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(
-        p, dtype=str, keep_default_na=False, na_values=[""])
+    df = read_table(predictions, "a predictions file")
     res = attribute_table(df, truth, predicted, list(by), positive=positive, intersect=not separate)
     for analysis in res["analyses"]:
         table = pd.DataFrame([{k: v for k, v in r.items() if k != "values"} for r in analysis["groups"]])
@@ -438,25 +442,41 @@ def keygen(private_path: str, public_path: str) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Ed25519 private key (PEM).")
 def sign_report(folder: str, key: str) -> None:
-    """Write MANIFEST.sha256 over every file of FOLDER and sign it (MANIFEST.sig)."""
-    from faceaudit.report.integrity import sign_manifest, write_manifest
+    """Sign FOLDER's MANIFEST.sha256 (MANIFEST.sig) after checking every file against it.
 
-    write_manifest(folder)
-    click.echo(f"signed: {sign_manifest(folder, key)}")
+    Refuses, listing the differences, when a file was changed, removed or added since the manifest was
+    written. A folder without a manifest gets one over its files as they are now.
+    """
+    from faceaudit.report.integrity import MANIFEST, sign_folder
+
+    done = sign_folder(folder, key)
+    if done.new_manifest:
+        click.echo(f"no {MANIFEST} was there: wrote one over the {done.files} file(s) as they are now (nothing to "
+                   "check them against: make sure they are what you mean to sign)")
+    else:
+        click.echo(f"checked: all {done.files} file(s) match {MANIFEST}")
+    click.echo(f"signed: {done.signature}" + (" (the previous signature was replaced)" if done.replaced_signature
+                                              else ""))
 
 
 @main.command("verify-report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--pubkey", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Ed25519 public key (PEM): also check the signature.")
+              help="Ed25519 public key (PEM) of the signer: check the signature too (without it, a signed report "
+                   "fails verification and an unsigned one is checked for integrity only).")
 def verify_report(folder: str, pubkey: str | None) -> None:
-    """Check every file of a report FOLDER against its manifest (and signature); exit 1 on any difference."""
+    """Check every file of a report FOLDER against its manifest and, with --pubkey, its signature.
+
+    Exit 1 on any difference, on a signature that does not hold, and when the report is signed but no
+    --pubkey was given (then nothing shows who wrote it). Without a signature or a key, only integrity
+    against the shipped manifest is checked, and the output says so.
+    """
     from faceaudit.report.integrity import verify_folder
 
     res = verify_folder(folder, pubkey)
     for line in res.describe():
         click.echo(line)
-    click.echo("OK: the report is intact" if res.ok else "FAILED: the report differs from what was written")
+    click.echo(res.verdict())
     if not res.ok:
         sys.exit(1)
 
@@ -478,7 +498,39 @@ def demo(out: str, workers: int | None, sign: str | None) -> None:
 
 # --- gallery ---
 
-@main.group()
+class _GalleryGroup(click.Group):
+    """The gallery and log commands: errors and warnings (an exposed key file) go to stderr with any control
+    character in them (from a subject id, an actor or a role) shown escaped instead of sent to the terminal."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        from faceaudit.gallery.safety import printable
+
+        def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+            click.echo(f"warning: {printable(message)}", err=True)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            try:
+                return super().invoke(ctx)
+            except FaceauditError as exc:
+                raise click.ClickException(printable(str(exc))) from exc
+
+
+def _published_head(text: str | None) -> tuple[int, str] | None:
+    """``SEQ:HASH`` as given to --head (None when not given)."""
+    import re
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+):([0-9a-f]{64})", text.strip())
+    if not m:
+        raise click.BadParameter("write the head as SEQ:HASH, e.g. 42:<64 lowercase hex digits>", param_hint="--head")
+    return int(m.group(1)), m.group(2)
+
+
+@main.group(cls=_GalleryGroup)
 def gallery() -> None:
     """A gallery for 1:1 verification and (when the policy allows) 1:N search, with encrypted templates,
     consent per person, erasure and a tamper-evident log of every operation."""
@@ -546,7 +598,7 @@ def gallery_enrol(folder: str, key_file: str | None, actor: str, role: str, subj
 
     with _open(folder, key_file, actor, role) as g:
         ids = g.enrol(subject, Consent(consent_by, consent_date, legal_basis, expires), images=list(images))
-    click.echo(f"enrolled {subject}: template(s) {', '.join(map(str, ids))}")
+    click.echo(f"enrolled {_shown(subject)}: template(s) {', '.join(map(str, ids))}")
 
 
 @gallery.command("search")
@@ -568,7 +620,8 @@ def gallery_search(folder: str, key_file: str | None, actor: str, role: str, ima
     click.echo(f"threshold {res.threshold:.4f} for FPIR {fpir:g} over {res.gallery_size:,} templates "
                f"(log entry {res.log_seq})")
     for c in res.candidates:
-        click.echo(f"  {c.rank:>2}. {c.subject_id}  score {c.score:.4f}  {'MATCH' if c.match else 'below threshold'}")
+        click.echo(f"  {c.rank:>2}. {_shown(c.subject_id)}  score {c.score:.4f}  "
+                   f"{'MATCH' if c.match else 'below threshold'}")
     if res.investigative_lead:
         click.echo("Candidates are investigative leads for a person to review, not identifications.")
 
@@ -586,15 +639,32 @@ def gallery_verify(folder: str, key_file: str | None, actor: str, role: str, sub
     click.echo(f"{'MATCH' if r['match'] else 'NO MATCH'}: score {r['score']:.4f}, threshold {r['threshold']:.4f}")
 
 
+_subject_request = click.option(
+    "--subject-request", is_flag=True,
+    help="The subject asked for this themselves (recorded in the log); otherwise your role needs the operation in "
+         "the policy's [roles].")
+
+
+def _shown(text: object) -> str:
+    from faceaudit.gallery.safety import printable
+
+    return printable(text)
+
+
 @gallery.command("delete")
 @_gallery_options
 @click.argument("subject")
-def gallery_delete(folder: str, key_file: str | None, actor: str, role: str, subject: str) -> None:
+@_subject_request
+def gallery_delete(folder: str, key_file: str | None, actor: str, role: str, subject: str,
+                   subject_request: bool) -> None:
     """Erase SUBJECT: templates and consent from the store, the index and its file (logged)."""
     with _open(folder, key_file, actor, role) as g:
-        ids = g.delete(subject)
+        ids = g.delete(subject, requested_by_subject=subject_request)
         problems = g.verify_erasure(subject, ids)
-    click.echo(f"erased {subject}: {len(ids)} template(s)" + ("" if not problems else "; " + "; ".join(problems)))
+    click.echo(f"erased {_shown(subject)}: {len(ids)} template(s)"
+               + ("" if not problems else "; " + _shown("; ".join(problems))))
+    if problems:
+        sys.exit(1)
 
 
 @gallery.command("verify-erasure")
@@ -605,7 +675,7 @@ def gallery_verify_erasure(folder: str, key_file: str | None, actor: str, role: 
     with _open(folder, key_file, actor, role) as g:
         problems = g.verify_erasure(subject)
     for p in problems:
-        click.echo(f"  {p}")
+        click.echo(f"  {_shown(p)}")
     click.echo("erased: nothing left" if not problems else "NOT fully erased")
     if problems:
         sys.exit(1)
@@ -614,13 +684,17 @@ def gallery_verify_erasure(folder: str, key_file: str | None, actor: str, role: 
 @gallery.command("export")
 @_gallery_options
 @click.argument("subject")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
-def gallery_export(folder: str, key_file: str | None, actor: str, role: str, subject: str, out: str) -> None:
-    """Everything held about SUBJECT (subject-access request), as JSON."""
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write (mode 600).")
+@_subject_request
+def gallery_export(folder: str, key_file: str | None, actor: str, role: str, subject: str, out: str,
+                   subject_request: bool) -> None:
+    """Everything held about SUBJECT (subject-access request), as JSON: templates in plaintext."""
+    from faceaudit.gallery.safety import write_private
+
     with _open(folder, key_file, actor, role) as g:
-        doc = g.export(subject)
-    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
-    click.echo(f"written: {out} ({len(doc['templates'])} template(s), {len(doc['log_entries'])} log entries)")
+        doc = g.export(subject, requested_by_subject=subject_request)
+    write_private(out, json.dumps(doc, indent=1) + "\n")
+    click.echo(f"written: {_shown(out)} ({len(doc['templates'])} template(s), {len(doc['log_entries'])} log entries)")
 
 
 @gallery.command("rotate-key")
@@ -641,7 +715,7 @@ def gallery_expire(folder: str, key_file: str | None, actor: str, role: str) -> 
     """Erase everyone whose consent or retention period has ended."""
     with _open(folder, key_file, actor, role) as g:
         gone = g.expire()
-    click.echo(f"expired: {', '.join(gone) if gone else 'nobody'}")
+    click.echo(f"expired: {_shown(', '.join(gone)) if gone else 'nobody'}")
 
 
 @gallery.command("policy")
@@ -656,7 +730,31 @@ def gallery_policy(folder: str, key_file: str | None, actor: str, role: str, pol
     click.echo("policy replaced")
 
 
-@main.group("log")
+@gallery.command("seal")
+@_gallery_options
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Replace the stored policy with this one (TOML) and seal that; without it the stored policy is "
+                   "sealed only if the audit log vouches for it.")
+@click.option("--head", default=None, help="A published head, SEQ:HASH, the log must still hold.")
+def gallery_seal(folder: str, key_file: str | None, actor: str, role: str, policy_file: str | None,
+                 head: str | None) -> None:
+    """Seal a gallery whose policy or log head fails authentication, or one made before galleries were sealed
+    (logged, with the problems found)."""
+    from faceaudit.gallery.gallery import Gallery
+    from faceaudit.gallery.policy import Policy
+
+    pol = Policy.from_toml(policy_file) if policy_file else None
+    found = Gallery.seal(folder, key_file=key_file, actor=actor, role=role, policy=pol, head=_published_head(head))
+    for p in found:
+        click.echo(f"  {_shown(p)}")
+    if not found and pol is None:
+        click.echo("nothing to seal: the policy and the log head are intact")
+    else:
+        click.echo(("sealed with the policy from " + _shown(policy_file) if policy_file else "sealed the stored policy")
+                   + ("; the problems above are recorded in the audit log" if found else ""))
+
+
+@main.group("log", cls=_GalleryGroup)
 def log_group() -> None:
     """The gallery's audit log."""
 
@@ -665,19 +763,18 @@ def log_group() -> None:
 @_gallery_options
 @click.option("--head", default=None, help="A published head, SEQ:HASH, to check the log against.")
 def log_verify(folder: str, key_file: str | None, actor: str, role: str, head: str | None) -> None:
-    """Check the hash chain of FOLDER's log: any edited, deleted, inserted or reordered entry is named."""
-    given = None
-    if head:
-        seq, _, digest = head.partition(":")
-        given = (int(seq), digest)
-    with _open(folder, key_file, actor, role) as g:
-        check = g.verify_log(given)
-        current = g.log_head()
-    for p in check.problems:
-        click.echo(f"  {p}")
-    click.echo(f"{'OK' if check.ok else 'FAILED'}: {check.entries} entries; head {current[0]}:{current[1]}"
-               if current else "empty log")
-    if not check.ok:
+    """Check the hash chain of FOLDER's log (any edited, deleted, inserted or reordered entry is named) and the
+    seal over its policy and head; with --head, that the log still holds that published head."""
+    from faceaudit.gallery.gallery import Gallery
+
+    res = Gallery.check(folder, key_file=key_file, head=_published_head(head))
+    for p in res.chain.problems:
+        click.echo(f"  {_shown(p)}")
+    for p in res.seal_problems:
+        click.echo(f"  seal: {_shown(p)}")
+    where = f"head {res.head[0]}:{res.head[1]}" if res.head else "no head stored"
+    click.echo(f"{'OK' if res.ok else 'FAILED'}: {res.chain.entries} entries; {where}")
+    if not res.ok:
         sys.exit(1)
 
 

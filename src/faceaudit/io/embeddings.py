@@ -63,17 +63,26 @@ def read_embeddings(path: str | Path, *, system_name: str | None = None) -> tupl
     or ``.npz``, :mod:`faceaudit.io.foreign_embeddings`) are read too, recorded as supplied by the
     user under ``system_name`` with the file's SHA-256.
     """
+    from faceaudit.io.files import FileRefused, open_regular, open_table
     from faceaudit.io.foreign_embeddings import read_foreign_embeddings
     from faceaudit.io.images import sha256_file
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such embeddings file; create it with `faceaudit embed`, or give another "
-                         "system's vectors as Parquet or .npz")
-    if p.suffix.lower() == ".npz":
-        return read_foreign_embeddings(p, None, sha256_file(p), system_name)
+    what = "an embeddings file"
     try:
-        table = pq.read_table(p)
+        if p.suffix.lower() == ".npz":
+            with open_regular(p, what=what):  # a regular file (not a FIFO or device) before NumPy opens it
+                pass
+            return read_foreign_embeddings(p, None, sha256_file(p), system_name)
+        with open_table(p, what, fmt="parquet") as f:  # bounded footer and column count, then read
+            table = pq.read_table(f)
+    except FileRefused as exc:
+        if exc.reason == "missing_file":
+            raise InputError(f"{p}: no such embeddings file; create it with `faceaudit embed`, or give another "
+                             "system's vectors as Parquet or .npz") from None
+        raise
+    except InputError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid and others
         raise InputError(f"{p}: not a readable Parquet file ({exc}); embeddings are Parquet or .npz") from exc
     raw = (table.schema.metadata or {}).get(METADATA_KEY)

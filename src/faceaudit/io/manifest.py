@@ -59,19 +59,26 @@ def read_folder(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "subject_id", FILE_COLUMN])
 
 
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV (every value text, empty as missing) or Parquet table, opened with the bounded checks of
+    :func:`faceaudit.io.files.open_table`; ``what`` names it in errors ("a manifest")."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError(f"{path}: unknown {what.split()[-1]} type {suffix!r}; use .csv or .parquet")
+    with open_table(path, what) as f:
+        try:
+            if suffix == ".csv":
+                return pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+            return pd.read_parquet(f)
+        except Exception as exc:  # pandas and pyarrow raise many parser errors
+            raise InputError(f"{path}: cannot read {what} ({exc})") from exc
+
+
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet manifest; see the module docstring."""
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
-        raise InputError(f"{path}: unknown manifest type {suffix!r}; use .csv or .parquet")
-    with open_table(path, "a manifest") as f:
-        try:
-            if suffix == ".csv":
-                df = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
-            else:
-                df = pd.read_parquet(f)
-        except Exception as exc:  # pandas and pyarrow raise many parser errors
-            raise InputError(f"{path}: cannot read the manifest ({exc})") from exc
+    df = read_table(path, "a manifest")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(

@@ -265,3 +265,11 @@ def score_pairs(emb: np.ndarray, index_a: np.ndarray, index_b: np.ndarray, chunk
         a, b = emb[index_a[s:s + chunk]], emb[index_b[s:s + chunk]]
         out[s:s + chunk] = np.einsum("ij,ij->i", a, b)
     return out
+
+
+def warm_up() -> None:
+    """Compare a few random vectors, so Numba compiles the fold kernel now and caches it (install time)."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 128)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    compare_embeddings(emb, np.arange(300) // 3, np.arange(300) % 4, 4, top_k=100, threads=1)

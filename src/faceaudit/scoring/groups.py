@@ -51,8 +51,8 @@ def assign_groups(table: pd.DataFrame, attributes: Sequence[str]) -> Grouping:
         raise InputError("name at least one attribute to group by (e.g. --by sex)")
     missing = [a for a in attrs if a not in table.columns]
     if missing:
-        cols = ", ".join(c for c in map(str, table.columns) if not c.startswith("_"))
-        raise InputError(f"unknown attribute column(s) {', '.join(missing)}; columns available: {cols}")
+        have = ", ".join(c for c in map(str, table.columns) if not c.startswith("_"))
+        raise InputError(f"unknown attribute column(s) {', '.join(missing)}; columns available: {have}")
     cols = [table[a].astype("string").str.strip().fillna(UNKNOWN).replace("", UNKNOWN).to_numpy(dtype=object)
             for a in attrs]
     combined = np.zeros(len(table), np.int64)
