@@ -12,11 +12,11 @@ path in ``gallery.toml`` is relative to the folder, so a copied gallery uses its
 What is not encrypted is authenticated. Templates are bound to their id and subject by the AES-GCM
 associated data, and a search confirms each candidate's owner by decrypting that candidate's
 template (a relabelled row is an :class:`IntegrityError`, never a wrong name). The policy and the log
-head are *sealed*: an HMAC under a key derived from the gallery key covers the stored policy, the log
-entry that set it and the log head; every write checks the seal first and renews it in the same
-transaction, and opening refuses a gallery whose seal does not match (``UPDATE meta`` that switches
-search on, a deleted head, entries cut off the log). Without the key nobody can renew it; with the key
-one could do anything anyway.
+head are *sealed* (:mod:`faceaudit.gallery.seal`): an HMAC under a key derived from the gallery key
+covers the stored policy, the log entry that set it and the log head; every write checks the seal first
+and renews it in the same transaction, and opening refuses a gallery whose seal does not match (``UPDATE
+meta`` that switches search on, a deleted head, entries cut off the log). Without the key nobody can
+renew it; with the key one could do anything anyway.
 
 Search thresholds are stated as a target FPIR. With a gallery of N people and a per-comparison
 false match rate FMR(T), a non-mated search returns a false candidate with probability
@@ -43,9 +43,20 @@ from faceaudit.engines.base import EnrolSettings
 from faceaudit.errors import FaceauditError, InputError
 from faceaudit.gallery.crypto import DecryptionError, IntegrityError, TemplateCipher
 from faceaudit.gallery.index import KINDS, SearchIndex
-from faceaudit.gallery.log import ChainCheck, LogEntry, LogFormatError, next_entry, verify_chain
+from faceaudit.gallery.log import ChainCheck, LogEntry, next_entry
 from faceaudit.gallery.policy import Policy, PolicyError
 from faceaudit.gallery.safety import write_private
+from faceaudit.gallery.seal import (
+    check_chain,
+    last_policy_entry,
+    latest_policy_problems,
+    logged_policy,
+    put_seal,
+    raise_if_unsealed,
+    same_policy,
+    seal_problems,
+    stored_head,
+)
 from faceaudit.gallery.store import Store, StoreError, TemplateRow, Tx, get_meta, set_meta
 
 SETTINGS = "gallery.toml"
@@ -54,12 +65,9 @@ DATABASE_FILE = "gallery.sqlite"
 #: gallery.toml layout: 1 (older faceaudit) wrote the SQLite path relative to the working directory of
 #: `gallery init`; 2 writes it relative to the gallery folder.
 LAYOUT = 2
-#: Log operations that set the policy in force, and where their entry holds it.
-_POLICY_PARAM = {"init": "policy", "policy": "new", "seal": "policy"}
 #: How far a candidate's score from the index may be from its score recomputed from the store (float32
 #: sums in another order differ by about 1e-7; a different vector differs by far more).
 _SCORE_TOLERANCE = 1e-4
-_SEAL_VERSION = 1
 
 
 def _now() -> str:
@@ -219,7 +227,7 @@ class Gallery:
                 set_meta(tx, "policy", pol.to_dict())
                 entry = _append(tx, actor, role, "init", params={"index": index, "engine": spec.name,
                                                                  "policy": pol.to_dict()})
-                _put_seal(tx, cipher, entry.seq)
+                put_seal(tx, cipher, entry.seq)
             write_private(f / SETTINGS, tomli_w.dumps(asdict(settings)))  # may hold a database password
             return cls._ready(f, store, cipher, pol, settings, actor, role)
         except BaseException:
@@ -233,9 +241,8 @@ class Gallery:
         f, settings, cipher, store = cls._connect(folder, key_file)
         try:
             with store.transaction() as tx:
-                problems = _seal_problems(tx, cipher)
-            if problems:
-                raise IntegrityError(_seal_message(f, problems), problems)
+                problems = seal_problems(tx, cipher)
+            raise_if_unsealed(f, problems)
             policy = Policy.from_dict(store.get_meta("policy") or {})
             return cls._ready(f, store, cipher, policy, settings, actor, role)
         except BaseException:
@@ -270,10 +277,10 @@ class Gallery:
         try:
             with store.transaction() as tx:
                 # the head against the log is the chain check's, stated more precisely there
-                problems = _seal_problems(tx, cipher, with_head=False)
-                problems += _latest_policy_problems(tx)
-            stored = _head(store.get_meta("log_head"))
-            return GalleryCheck(_check_chain(store, stored, head), problems, stored)
+                problems = seal_problems(tx, cipher, with_head=False)
+                problems += latest_policy_problems(tx)
+            stored = stored_head(store)
+            return GalleryCheck(check_chain(store, stored, head), problems, stored)
         finally:
             store.close()
 
@@ -293,9 +300,8 @@ class Gallery:
         _, _, cipher, store = cls._connect(folder, key_file)
         try:
             with store.transaction() as tx:
-                problems = _seal_problems(tx, cipher)
-            stored_head = _head(store.get_meta("log_head"))
-            chain = _check_chain(store, stored_head, head)
+                problems = seal_problems(tx, cipher)
+            chain = check_chain(store, stored_head(store), head)
             if policy is None:
                 if not problems and chain.ok:
                     return []
@@ -306,9 +312,9 @@ class Gallery:
                           "the policy with the intended one: `faceaudit gallery seal FOLDER --policy FILE`",
                         chain.problems)
                 with store.transaction() as tx:
-                    last = _last_policy_entry(tx)
+                    last = last_policy_entry(tx)
                 stored = store.get_meta("policy")
-                if last is None or not _same_policy(_logged_policy(last), stored):
+                if last is None or not same_policy(logged_policy(last), stored):
                     where = f"seq {last.seq}" if last else "nowhere"
                     raise IntegrityError(
                         f"cannot seal the stored policy: it is not the last policy set in the audit log ({where}), "
@@ -324,7 +330,7 @@ class Gallery:
                 set_meta(tx, "policy", new.to_dict())
                 entry = _append(tx, actor, role, "seal", params={"policy": new.to_dict(), "replaced": policy
                                                                  is not None, "problems": found[:50]})
-                _put_seal(tx, cipher, entry.seq)
+                put_seal(tx, cipher, entry.seq)
             return found
         finally:
             store.close()
@@ -343,11 +349,9 @@ class Gallery:
         a key rotation) before the commit, so a change made outside faceaudit is never sealed by accident."""
         with self.store.transaction() as tx:
             tx.lock_writes()
-            problems = _seal_problems(tx, self.cipher)
-            if problems:
-                raise IntegrityError(_seal_message(self.folder, problems), problems)
+            raise_if_unsealed(self.folder, seal_problems(tx, self.cipher))
             yield tx
-            _put_seal(tx, cipher or self.cipher)
+            put_seal(tx, cipher or self.cipher)
 
     def _refused(self, operation: str, exc: PolicyError, params: dict[str, Any], purpose: str | None = None,
                  legal_basis: str | None = None) -> None:
@@ -685,8 +689,7 @@ class Gallery:
         templates = [{"template_id": r.template_id, "created": r.created, "source": r.source,
                       "embedding_float32_base64": base64.b64encode(self._decrypt(r).tobytes()).decode()}
                      for r in self.store.templates(subject_id)]
-        entries = [LogEntry.from_json(e) for _, e in self.store.log_rows()]
-        mine = [e.to_json() for e in entries if _mentions(e, subject_id)]
+        mine = [e.to_json() for e in self._log_entries() if _mentions(e, subject_id)]
         with self._write() as tx:
             _append(tx, self.actor, self.role, "export", params=params,
                     result={"templates": len(templates), "log_entries": len(mine)})
@@ -717,7 +720,7 @@ class Gallery:
             set_meta(tx, "policy", policy.to_dict())
             entry = _append(tx, self.actor, self.role, "policy", params={"old": self.policy.to_dict(),
                                                                          "new": policy.to_dict()})
-            _put_seal(tx, self.cipher, entry.seq)
+            put_seal(tx, self.cipher, entry.seq)
         self.policy = policy
 
     def verify_erasure(self, subject_id: str, template_ids: Sequence[int] = ()) -> list[str]:
@@ -728,7 +731,7 @@ class Gallery:
                 problems.append(f"{subject_id} is still in the subjects table")
             if tx.one("SELECT 1 FROM templates WHERE subject_id = ?", (subject_id,)) is not None:
                 problems.append(f"templates of {subject_id} are still in the store")
-        deleted = [e for e in (LogEntry.from_json(t) for _, t in self.store.log_rows())
+        deleted = [e for e in self._log_entries()
                    if e.operation == "delete" and e.params.get("subject_id") == subject_id]
         if not deleted:
             problems.append(f"no delete of {subject_id} in the audit log")
@@ -751,135 +754,16 @@ class Gallery:
         return problems
 
     def log_head(self) -> tuple[int, str] | None:
-        head = self.store.get_meta("log_head")
-        return None if head is None else (int(head[0]), str(head[1]))
+        return stored_head(self.store)
+
+    def _log_entries(self) -> Iterator[LogEntry]:
+        """The entries of the audit log in order, parsed one at a time (LogFormatError at an unreadable one)."""
+        return (LogEntry.from_json(text) for _, text in self.store.log_rows())
 
     def verify_log(self, head: tuple[int, str] | None = None) -> ChainCheck:
         """Check the chain against the head stored beside it (which must be its last entry) and, if given,
         against ``head``, a published one (which must still be in it: later entries are fine)."""
-        return _check_chain(self.store, self.log_head(), head)
-
-
-def _head(value: Any) -> tuple[int, str] | None:
-    return None if value is None else (int(value[0]), str(value[1]))
-
-
-def _check_chain(store: Store, stored: tuple[int, str] | None, published: tuple[int, str] | None) -> ChainCheck:
-    check = verify_chain(store.log_rows(), stored, published=published)
-    if stored is None and check.entries:
-        # a missing head is not an empty log: the head row was deleted (and with it the check of the tail)
-        problem = (f"head: the head stored beside the log is missing, though the log has {check.entries} entries "
-                   "(deleted?)")
-        return ChainCheck(False, check.entries, [*check.problems, problem])
-    return check
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _seal_text(policy: Any, policy_seq: int, head: Any) -> bytes:
-    """What the seal authenticates: the stored policy as stored, the seq of the log entry that set it, the head."""
-    return b"faceaudit-seal\0" + _canonical({"head": head, "policy": policy, "policy_seq": policy_seq})
-
-
-def _put_seal(tx: Tx, cipher: TemplateCipher, policy_seq: int | None = None) -> None:
-    """Seal the policy and the head as they now are in ``tx`` (``policy_seq``: the entry that set the policy;
-    default: the one the current seal names)."""
-    if policy_seq is None:
-        seal = get_meta(tx, "seal")
-        policy_seq = int(seal["policy_seq"])
-    mac = cipher.seal(_seal_text(get_meta(tx, "policy"), policy_seq, get_meta(tx, "log_head")))
-    set_meta(tx, "seal", {"v": _SEAL_VERSION, "policy_seq": policy_seq, "mac": mac})
-
-
-def _seal_problems(tx: Tx, cipher: TemplateCipher, *, with_head: bool = True) -> list[str]:
-    """What is wrong with the seal, the policy and the head as stored (empty: all authentic). Cheap: a few
-    rows by key, no scan of the log."""
-    problems: list[str] = []
-    policy = get_meta(tx, "policy")
-    head = get_meta(tx, "log_head")
-    if with_head:
-        last = tx.one("SELECT seq, entry FROM log ORDER BY seq DESC LIMIT 1")
-        if last is None and head not in (None, [0, "0" * 64]):
-            problems.append(f"the log is empty but its head says it ends at seq {head[0]} (entries deleted)")
-        elif last is not None:
-            try:
-                tail: list[Any] | None = list(LogEntry.from_json(str(last[1])).head)
-            except LogFormatError:
-                tail = None
-                problems.append(f"the log's last entry (seq {last[0]}) is unreadable (edited?)")
-            if head is None:
-                problems.append(f"the log head is missing, though the log goes on to seq {last[0]} (deleted?)")
-            elif tail is not None and list(head) != tail:
-                problems.append(f"the log's last entry is seq {tail[0]} but the head says seq {head[0]}: entries were "
-                                "added, deleted or rewritten outside faceaudit")
-    seal = get_meta(tx, "seal")
-    if seal is None:
-        problems.append("the gallery has no seal: it was created before faceaudit authenticated policies (or the "
-                        "seal was deleted), so its policy cannot be trusted as stored")
-        return problems
-    if not (isinstance(seal, dict) and type(seal.get("policy_seq")) is int and isinstance(seal.get("mac"), str)):
-        problems.append("the seal is malformed (edited?)")
-        return problems
-    if not cipher.seal_ok(_seal_text(policy, seal["policy_seq"], head), seal["mac"]):
-        problems.append("the stored policy or log head was changed outside faceaudit: the seal over them (an HMAC "
-                        "under a key derived from the gallery key) does not match")
-    entry = tx.one("SELECT entry FROM log WHERE seq = ?", (seal["policy_seq"],))
-    try:
-        logged = _logged_policy(LogEntry.from_json(str(entry[0]))) if entry else None
-    except LogFormatError:
-        logged = None
-    if not _same_policy(logged, policy):
-        problems.append(f"the stored policy is not the one the audit log records at seq {seal['policy_seq']}")
-    return problems
-
-
-def _latest_policy_problems(tx: Tx) -> list[str]:
-    """Whether the seal names the last policy set in the log (a scan of the log; for `log verify`)."""
-    seal = get_meta(tx, "seal")
-    last = _last_policy_entry(tx)
-    if not isinstance(seal, dict) or last is None or last.seq == seal.get("policy_seq"):
-        return []
-    return [f"the policy in force was set at seq {seal.get('policy_seq')}, but seq {last.seq} set a later one "
-            "(rolled back?)"]
-
-
-def _last_policy_entry(tx: Tx) -> LogEntry | None:
-    # canonical JSON: the pattern '"operation":"x"' cannot occur inside a string value, where quotes are escaped
-    likes = " OR ".join("entry LIKE ?" for _ in _POLICY_PARAM)
-    row = tx.one(f"SELECT entry FROM log WHERE {likes} ORDER BY seq DESC LIMIT 1",
-                 [f'%"operation":"{op}"%' for op in _POLICY_PARAM])
-    if row is None:
-        return None
-    try:
-        return LogEntry.from_json(str(row[0]))
-    except LogFormatError:
-        return None
-
-
-def _logged_policy(entry: LogEntry) -> Any:
-    """The policy an init, policy or seal entry set (None for any other entry)."""
-    key = _POLICY_PARAM.get(entry.operation)
-    return None if key is None else entry.params.get(key)
-
-
-def _same_policy(a: Any, b: Any) -> bool:
-    """Whether two stored policies are the same rules (older ones lack keys that now have defaults)."""
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        return False
-    try:
-        return Policy.from_dict(a).to_dict() == Policy.from_dict(b).to_dict()
-    except (FaceauditError, TypeError, ValueError):
-        return False
-
-
-def _seal_message(folder: Path, problems: list[str]) -> str:
-    return (f"the gallery {folder} fails its integrity check: " + "; ".join(problems) + ". Its policy may have been "
-            f"changed outside faceaudit; refusing to use it. See `faceaudit log verify {folder}`; then restore the "
-            f"database from a backup, or (an admin with the key) seal it again with `faceaudit gallery seal "
-            f"{folder} --key KEY --role admin` (if the log vouches for the stored policy) or with `--policy FILE` "
-            "added (replacing the policy with FILE)")
+        return check_chain(self.store, self.log_head(), head)
 
 
 def _mentions(entry: LogEntry, subject_id: str) -> bool:
