@@ -1,7 +1,9 @@
 """faceaudit: face recognition that is tested for demographic bias.
 
-Public API (see README): :func:`detect`, :func:`embed_image`, :func:`embed`, :func:`verify`,
-:func:`load_engine`, :func:`load_image`, and the result types. Names are imported on first use, so
+Public API (see README): :func:`detect`, :func:`embed_image`, :func:`embed_images`, :func:`embed`,
+:func:`verify`, :func:`load_engine`, :func:`load_image`, the gallery (:class:`Gallery`, :class:`Consent`,
+:class:`Policy`), and the result types. The command line and the HTTP service (``faceaudit serve``) are thin
+layers over these. Names are imported on first use, so
 that a worker process importing one engine module does not pay for pandas and pyarrow.
 """
 
@@ -19,6 +21,7 @@ _EXPORTS = {
     "detect": "faceaudit.api",
     "embed": "faceaudit.api",
     "embed_image": "faceaudit.api",
+    "embed_images": "faceaudit.api",
     "load_engine": "faceaudit.api",
     "verify": "faceaudit.api",
     "EnrolSettings": "faceaudit.engines.base",
@@ -32,6 +35,15 @@ _EXPORTS = {
     "InputError": "faceaudit.errors",
     "ModelError": "faceaudit.errors",
     "load_image": "faceaudit.io.images",
+    "Consent": "faceaudit.gallery.gallery",
+    "Erasure": "faceaudit.gallery.gallery",
+    "Gallery": "faceaudit.gallery.gallery",
+    "GalleryCheck": "faceaudit.gallery.gallery",
+    "KeyRotation": "faceaudit.gallery.gallery",
+    "SearchResult": "faceaudit.gallery.gallery",
+    "IntegrityError": "faceaudit.gallery.crypto",
+    "Policy": "faceaudit.gallery.policy",
+    "PolicyError": "faceaudit.gallery.policy",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -3,15 +3,20 @@
     >>> import faceaudit
     >>> result = faceaudit.verify("a.jpg", "b.jpg", fmr=1e-4)
     >>> result.match, result.score, result.threshold
+
+Threads: an engine is loaded once per process and is not thread-safe (OpenCV's detector keeps the size of the
+last image), so :func:`detect`, :func:`embed_image`, :func:`embed_images` and :func:`verify` run the engine
+under a lock of its own. Image decoding happens outside it; a server runs several worker processes for more
+than one core's worth of engine work.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,7 @@ from faceaudit.engines.batch import ImageOutcome, embed_files
 from faceaudit.engines.cache import EmbeddingCache, config_key
 from faceaudit.engines.calibration import Calibration, load_calibration
 from faceaudit.engines.registry import engine_spec
+from faceaudit.errors import ImageError
 from faceaudit.io.embeddings import write_embeddings
 from faceaudit.io.images import DEFAULT_MAX_PIXELS, load_image
 from faceaudit.io.manifest import FILE_COLUMN, read_inputs
@@ -29,7 +35,9 @@ from faceaudit.io.manifest import FILE_COLUMN, read_inputs
 ImageLike = str | Path | bytes | np.ndarray
 
 _engines: dict[str, Engine] = {}
+_engine_locks: dict[str, threading.Lock] = {}
 _lock = threading.Lock()
+T = TypeVar("T")
 
 
 def load_engine(name: str | None = None) -> Engine:
@@ -38,7 +46,15 @@ def load_engine(name: str | None = None) -> Engine:
     with _lock:
         if spec.name not in _engines:
             _engines[spec.name] = spec.load(1)
+            _engine_locks[spec.name] = threading.Lock()
         return _engines[spec.name]
+
+
+def _with_engine(name: str | None, work: Callable[[Engine], T]) -> T:
+    """``work(engine)`` while holding the engine's lock (module docstring: engines are not thread-safe)."""
+    engine = load_engine(name)
+    with _engine_locks[engine_spec(name).name]:
+        return work(engine)
 
 
 def _rgb(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -49,16 +65,39 @@ def _rgb(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return load_image(image, max_pixels=max_pixels).rgb
 
 
-def detect(image: ImageLike, *, engine: str | None = None) -> list[Face]:
-    """Every face in ``image`` (path, bytes, or RGB array) with box, 5 landmarks and score."""
-    return load_engine(engine).detect(_rgb(image))
+def detect(image: ImageLike, *, engine: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Face]:
+    """Every face in ``image`` (path, bytes, or RGB array) with box, 5 landmarks and score. An image over
+    ``max_pixels`` is refused from its header (ImageError ``too_large``) before it is decoded."""
+    rgb = _rgb(image, max_pixels)
+    return _with_engine(engine, lambda e: e.detect(rgb))
 
 
 def embed_image(
-    image: ImageLike, *, engine: str | None = None, settings: EnrolSettings | None = None
+    image: ImageLike, *, engine: str | None = None, settings: EnrolSettings | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[FaceResult]:
     """Enrol the subject face(s) of one image: embeddings, or failures to enrol with a reason."""
-    return load_engine(engine).enrol(_rgb(image), settings)
+    rgb = _rgb(image, max_pixels)
+    return _with_engine(engine, lambda e: e.enrol(rgb, settings))
+
+
+def embed_images(
+    images: Sequence[ImageLike], *, engine: str | None = None, settings: EnrolSettings | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS, names: Sequence[str] | None = None,
+) -> list[list[FaceResult]]:
+    """:func:`embed_image` of each image, in order, in this process (for a handful of images, such as an upload;
+    :func:`embed` is for datasets). An unusable image raises ImageError naming it (``names[i]``, else
+    "image i+1"); a face that fails to enrol is a result with its reason, as with :func:`embed_image`. One image
+    is decoded at a time, so memory holds one decoded image however many are given."""
+    out = []
+    for i, image in enumerate(images):
+        try:
+            rgb = _rgb(image, max_pixels)
+        except ImageError as exc:
+            name = names[i] if names is not None else f"image {i + 1}"
+            raise ImageError(exc.reason, str(exc), name) from None  # the message is prefixed with the name
+        out.append(embed_image(rgb, engine=engine, settings=settings))
+    return out
 
 
 def outcomes_to_frame(inputs: pd.DataFrame, outcomes: Sequence[ImageOutcome]) -> pd.DataFrame:
@@ -209,7 +248,7 @@ def calibration_for(engine: str | None = None) -> Calibration:
 
 def verify(
     a: ImageLike, b: ImageLike, *, fmr: float = 1e-4, engine: str | None = None,
-    settings: EnrolSettings | None = None,
+    settings: EnrolSettings | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> VerifyResult:
     """Do images ``a`` and ``b`` show the same person, at the threshold calibrated for ``fmr``?
 
@@ -218,7 +257,8 @@ def verify(
     eng = load_engine(engine)
     cal = load_calibration(eng.identity)
     threshold = cal.threshold_for(fmr)
-    enrolled = (eng.enrol(_rgb(a), settings)[0], eng.enrol(_rgb(b), settings)[0])
+    rgb_a, rgb_b = _rgb(a, max_pixels), _rgb(b, max_pixels)
+    enrolled = _with_engine(engine, lambda e: (e.enrol(rgb_a, settings)[0], e.enrol(rgb_b, settings)[0]))
     failures = tuple(f"{name}: {r.reason} ({r.message})" for name, r in zip("AB", enrolled, strict=True) if not r.ok)
     score = None
     if not failures:

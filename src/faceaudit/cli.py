@@ -778,5 +778,141 @@ def log_verify(folder: str, key_file: str | None, actor: str, role: str, head: s
         sys.exit(1)
 
 
+
+# --- the service ---
+
+@main.command()
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The gallery the service serves (its database also holds the API keys and audit jobs).")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Gallery key file (default: $FACEAUDIT_GALLERY_KEY); read by the server only. Key rotation over "
+                   "the API writes the new key here.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Server processes (each loads the engine once); use PostgreSQL for more than a few.")
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Audit jobs may only read datasets under this folder.")
+@click.option("--rate-per-minute", type=click.IntRange(1), default=600, show_default=True,
+              help="Requests per minute per API key (per server process).")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds before a request is answered 504.")
+@click.option("--audit-workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Audit jobs run at once per server process.")
+@click.option("--max-body-mb", type=click.IntRange(1), default=32, show_default=True,
+              help="Largest request body, in MiB (413 above it).")
+@click.option("--max-images", type=click.IntRange(1), default=16, show_default=True,
+              help="Most images in one request.")
+@click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
+              help="Most pixels in one image, checked from its header before it is decoded.")
+@cluster_option
+def serve(gallery_dir: str, key_file: str | None, host: str, port: int, workers: int, data_root: str | None,
+          rate_per_minute: int, request_timeout: float, audit_workers: int, max_body_mb: int, max_images: int,
+          max_pixels: int, cluster: str | None) -> None:
+    """Serve recognition, the gallery and audits over HTTP (uvicorn), with API keys (`faceaudit keys`)."""
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from faceaudit.gallery.gallery import Gallery
+    from faceaudit.service.settings import ServiceSettings
+
+    try:
+        settings = ServiceSettings(gallery=Path(gallery_dir), key_file=None if key_file is None else Path(key_file),
+                                   data_root=None if data_root is None else Path(data_root),
+                                   rate_per_minute=rate_per_minute, request_timeout_s=request_timeout,
+                                   audit_workers=audit_workers, max_body_bytes=max_body_mb * 2**20,
+                                   max_images_per_request=max_images, max_image_pixels=max_pixels, cluster=cluster)
+        Gallery.open(gallery_dir, key_file=key_file).close()  # a wrong key or a failed seal: say so before starting
+    except FaceauditError as exc:
+        raise click.ClickException(str(exc)) from exc
+    # every worker process builds its app from these (uvicorn imports the factory by name in each)
+    os.environ.update(settings.to_env())
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # one /metrics for all workers: prometheus_client adds up the values they keep in this folder
+        metrics_dir = tempfile.mkdtemp(prefix="faceaudit-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("faceaudit.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="info", timeout_graceful_shutdown=30)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@main.group("keys", cls=_GalleryGroup)
+def keys_group() -> None:
+    """API keys of the service: 256-bit random, shown once, stored as SHA-256 hashes in the gallery's database;
+    each has a role of the gallery policy, and its name is the actor in the gallery's log."""
+
+
+def _keys_options(f: Any) -> Any:
+    import getpass
+
+    f = click.option("--actor", default=getpass.getuser, show_default="your user name",
+                     help="Who manages the key (recorded in the log).")(f)
+    f = click.option("--key", "key_file", type=click.Path(dir_okay=False), default=None,
+                     help="Gallery key file (default: $FACEAUDIT_GALLERY_KEY).")(f)
+    return click.option("--gallery", "gallery_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                        help="The gallery the service serves.")(f)
+
+
+def _open_for_keys(gallery_dir: str, key_file: str | None, actor: str) -> Any:
+    from faceaudit.gallery.gallery import Gallery
+
+    # whoever holds the gallery key manages the service's keys; the log records them in that capacity
+    return Gallery.open(gallery_dir, key_file=key_file, actor=actor, role="gallery-key")
+
+
+@keys_group.command("create")
+@_keys_options
+@click.option("--name", required=True, help="The key's name: the actor in the log for every request made with it.")
+@click.option("--role", required=True, help="A role of the gallery policy.")
+def keys_create(gallery_dir: str, key_file: str | None, actor: str, name: str, role: str) -> None:
+    """Create an API key; it is printed once, on stdout, and stored only as a hash."""
+    from faceaudit.service.keys import create_key
+
+    with _open_for_keys(gallery_dir, key_file, actor) as g:
+        key, record = create_key(g, name, role)
+    click.echo(f"key {_shown(record.name)} (role {_shown(record.role)}, id {record.key_id}) created; it is shown "
+               "only now:", err=True)
+    click.echo(key)
+
+
+@keys_group.command("list")
+@_keys_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def keys_list(gallery_dir: str, key_file: str | None, actor: str, as_json: bool) -> None:
+    """List the API keys (names, roles, ids, when created and revoked; never the keys)."""
+    from dataclasses import asdict
+
+    from faceaudit.service.keys import list_keys
+
+    with _open_for_keys(gallery_dir, key_file, actor) as g:
+        records = list_keys(g.store)
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in records], indent=1))
+        return
+    for r in records:
+        state = f"revoked {r.revoked}" if r.revoked else "active"
+        click.echo(f"{_shown(r.name)}  role {_shown(r.role)}  id {r.key_id}  created {r.created}  {state}")
+    if not records:
+        click.echo("no keys")
+
+
+@keys_group.command("revoke")
+@_keys_options
+@click.option("--name", required=True, help="The key to revoke.")
+def keys_revoke(gallery_dir: str, key_file: str | None, actor: str, name: str) -> None:
+    """Revoke an API key: refused from the next request on, in every server process (logged)."""
+    from faceaudit.service.keys import revoke_key
+
+    with _open_for_keys(gallery_dir, key_file, actor) as g:
+        record = revoke_key(g, name)
+    click.echo(f"key {_shown(record.name)} (id {record.key_id}) revoked")
+
 if __name__ == "__main__":
     main()

@@ -23,11 +23,23 @@ false match rate FMR(T), a non-mated search returns a false candidate with proba
 FPIR(N, T) = 1 - (1 - FMR(T))^N (comparisons taken as independent; NIST IR 8271, section 3), so
 the threshold used is the engine's calibrated threshold for FMR = 1 - (1 - FPIR)^(1/N): it rises as
 the gallery grows.
+
+Several threads and several processes. A :class:`Gallery` is safe to use from many threads: its views
+(:meth:`Gallery.acting_as`, one per caller, each with its own actor and role) share one database connection,
+cipher, policy and index, guarded by one lock, and embedding runs outside that lock. Several processes (the
+workers of a server) may open one gallery, on PostgreSQL or SQLite: each write records in ``meta`` the log seq
+of the last change to the templates (``templates_seq``), the seal names the log entry of the policy in force,
+and ``key_id`` names the key; before every operation :meth:`Gallery.refresh` compares those three with what
+this process last saw and reloads what another process changed (the index, the policy after checking its
+seal, the key after a rotation). That costs one read of three rows by key per operation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,8 +52,8 @@ import numpy as np
 import tomli_w
 
 from faceaudit.engines.base import EnrolSettings
-from faceaudit.errors import FaceauditError, InputError
-from faceaudit.gallery.crypto import DecryptionError, IntegrityError, TemplateCipher
+from faceaudit.errors import FaceauditError, ImageError, InputError
+from faceaudit.gallery.crypto import DecryptionError, IntegrityError, TemplateCipher, generate_key_file
 from faceaudit.gallery.index import KINDS, SearchIndex
 from faceaudit.gallery.log import ChainCheck, LogEntry, next_entry
 from faceaudit.gallery.policy import Policy, PolicyError
@@ -57,7 +69,8 @@ from faceaudit.gallery.seal import (
     seal_problems,
     stored_head,
 )
-from faceaudit.gallery.store import Store, StoreError, TemplateRow, Tx, get_meta, set_meta
+from faceaudit.gallery.store import ErasureIncompleteError, Store, StoreError, TemplateRow, Tx, get_meta, set_meta
+from faceaudit.io.images import DEFAULT_MAX_PIXELS
 
 SETTINGS = "gallery.toml"
 INDEX_FILE = "index.faiss.enc"
@@ -68,6 +81,40 @@ LAYOUT = 2
 #: How far a candidate's score from the index may be from its score recomputed from the store (float32
 #: sums in another order differ by about 1e-7; a different vector differs by far more).
 _SCORE_TOLERANCE = 1e-4
+#: The longest subject id (characters): ids are written into every log entry about the person.
+MAX_SUBJECT_ID = 256
+
+#: An image given to the gallery: a path, or the encoded file's bytes (an upload).
+GalleryImage = str | Path | bytes
+
+
+class UnknownSubjectError(InputError):
+    """No such subject in the gallery (or no templates for them)."""
+
+
+class EnrolmentError(InputError):
+    """An image shows no usable face (failure to enrol); ``reason`` is the engine's code (``no_face``, ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_subject_id(subject_id: str) -> str:
+    """``subject_id`` if it can be stored as given in both databases, else InputError saying why. Any text is
+    an id (quotes, ``<``, ``;`` are data: every statement is parameterised) except an empty one, one longer
+    than :data:`MAX_SUBJECT_ID`, or one holding NUL or unpaired surrogates, which PostgreSQL text cannot hold."""
+    if not isinstance(subject_id, str) or not subject_id:
+        raise InputError("a subject id is needed")
+    if len(subject_id) > MAX_SUBJECT_ID:
+        raise InputError(f"a subject id is at most {MAX_SUBJECT_ID} characters, got {len(subject_id)}")
+    if "\x00" in subject_id:
+        raise InputError("a subject id cannot hold the NUL character")
+    try:
+        subject_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("a subject id must be valid Unicode text (it holds an unpaired surrogate)") from None
+    return subject_id
 
 
 def _now() -> str:
@@ -116,6 +163,30 @@ class SearchResult:
         return {**asdict(self), "candidates": [asdict(c) for c in self.candidates],
                 "note": "candidates are investigative leads for a person to review, not identifications"
                 if self.investigative_lead else None}
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What :meth:`Gallery.erase` did and found: the templates erased and the erasure check's problems."""
+
+    subject_id: str
+    template_ids: list[int]
+    problems: list[str]  # empty: nothing of the person is left (verify_erasure)
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """What :meth:`Gallery.rotate_key_file` did: templates re-encrypted, the key ids, where each key now is."""
+
+    templates: int
+    old_key_id: str
+    key_id: str
+    key_file: Path
+    retired_key_file: Path
 
 
 @dataclass(frozen=True)
@@ -184,19 +255,108 @@ def _settings_database(folder: Path, database: str | None) -> str:
         return str(path)  # outside the folder: shared by copies, like a PostgreSQL database
 
 
-@dataclass
-class Gallery:
-    """An open gallery; use :meth:`init` or :meth:`open`, and :meth:`close` (or ``with``)."""
+#: What a process last saw of the changes other processes make: (templates_seq, seal's policy_seq, key_id).
+_Marks = tuple[Any, Any, Any]
 
-    folder: Path
+
+def _marks(tx: Tx) -> _Marks:
+    rows = dict(tx.rows("SELECT key, value FROM meta WHERE key IN ('templates_seq', 'seal', 'key_id')"))
+    seal = json.loads(rows["seal"]) if "seal" in rows else None
+    return (json.loads(rows["templates_seq"]) if "templates_seq" in rows else None,
+            seal.get("policy_seq") if isinstance(seal, dict) else None,
+            json.loads(rows["key_id"]) if "key_id" in rows else None)
+
+
+@dataclass
+class _Shared:
+    """The state every view of one open gallery shares (:meth:`Gallery.acting_as`); ``lock`` guards all of it."""
+
     store: Store
     cipher: TemplateCipher
     policy: Policy
-    settings: _Settings
-    actor: str
-    role: str
-    index: SearchIndex = field(init=False)
-    dim: int = field(init=False)
+    key_file: Path | None  # where to read the key again after another process rotated it (None: the environment)
+    index: SearchIndex | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    synced: _Marks | None = None  # the changes the in-memory state reflects
+
+
+class Gallery:
+    """An open gallery; use :meth:`init` or :meth:`open`, and :meth:`close` (or ``with``).
+
+    ``actor`` and ``role`` are who the operations are run and logged for; :meth:`acting_as` gives a view of the
+    same open gallery for another caller (a service's authenticated key) without opening it again."""
+
+    def __init__(self, folder: Path, shared: _Shared, settings: _Settings, actor: str, role: str, dim: int, *,
+                 owner: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.folder = folder
+        self._shared = shared
+        self.settings = settings
+        self.actor = actor
+        self.role = role
+        self.dim = dim
+        self.max_pixels = max_pixels  # images over this many pixels are refused from their header
+        self._owner = owner  # only the view that opened the gallery closes its connection
+
+    # --- shared state (one copy for every view) ---
+    @property
+    def store(self) -> Store:
+        return self._shared.store
+
+    @property
+    def cipher(self) -> TemplateCipher:
+        return self._shared.cipher
+
+    @cipher.setter
+    def cipher(self, value: TemplateCipher) -> None:
+        self._shared.cipher = value
+
+    @property
+    def policy(self) -> Policy:
+        return self._shared.policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self._shared.policy = value
+
+    @property
+    def index(self) -> SearchIndex:
+        assert self._shared.index is not None, "the index is loaded when the gallery is opened"
+        return self._shared.index
+
+    @index.setter
+    def index(self, value: SearchIndex) -> None:
+        self._shared.index = value
+
+    def acting_as(self, actor: str, role: str) -> Gallery:
+        """A view of this open gallery whose operations run and are logged as ``actor`` with ``role``; it shares
+        the connection, key, policy and index (closing it closes nothing)."""
+        return Gallery(self.folder, self._shared, self.settings, actor, role, self.dim, owner=False,
+                       max_pixels=self.max_pixels)
+
+    def refresh(self) -> None:
+        """Catch up with what other processes changed since this one last looked (module docstring): reload the
+        index if templates were enrolled or erased, the policy (seal checked) if it was replaced, the key if it
+        was rotated. Called at the start of every operation; one read of three rows when nothing changed."""
+        sh = self._shared
+        with sh.lock:
+            with self.store.transaction() as tx:
+                marks = _marks(tx)
+            if marks == sh.synced:
+                return
+            before = sh.synced or (None, None, None)
+            if marks[2] != sh.cipher.key_id.hex():
+                cipher = TemplateCipher.load(sh.key_file)
+                if cipher.key_id.hex() != marks[2]:
+                    raise StoreError(f"the gallery's key was rotated by another process (now id {marks[2]}) and the "
+                                     f"key available here (id {cipher.key_id.hex()}) is not the new one yet")
+                sh.cipher = cipher
+            if marks[1] != before[1]:
+                with self.store.transaction() as tx:
+                    raise_if_unsealed(self.folder, seal_problems(tx, sh.cipher))
+                    sh.policy = Policy.from_dict(get_meta(tx, "policy") or {})
+            if marks[0] != before[0] or sh.index is None:
+                self._load_index()
+            sh.synced = marks
 
     # --- lifecycle ---
     @classmethod
@@ -229,7 +389,7 @@ class Gallery:
                                                                  "policy": pol.to_dict()})
                 put_seal(tx, cipher, entry.seq)
             write_private(f / SETTINGS, tomli_w.dumps(asdict(settings)))  # may hold a database password
-            return cls._ready(f, store, cipher, pol, settings, actor, role)
+            return cls._ready(f, store, cipher, pol, settings, actor, role, key_file)
         except BaseException:
             store.close()
             raise
@@ -244,7 +404,7 @@ class Gallery:
                 problems = seal_problems(tx, cipher)
             raise_if_unsealed(f, problems)
             policy = Policy.from_dict(store.get_meta("policy") or {})
-            return cls._ready(f, store, cipher, policy, settings, actor, role)
+            return cls._ready(f, store, cipher, policy, settings, actor, role, key_file)
         except BaseException:
             store.close()
             raise
@@ -275,12 +435,7 @@ class Gallery:
         on what it finds: what `faceaudit log verify` reports."""
         _, _, cipher, store = cls._connect(folder, key_file)
         try:
-            with store.transaction() as tx:
-                # the head against the log is the chain check's, stated more precisely there
-                problems = seal_problems(tx, cipher, with_head=False)
-                problems += latest_policy_problems(tx)
-            stored = stored_head(store)
-            return GalleryCheck(check_chain(store, stored, head), problems, stored)
+            return _integrity(store, cipher, head)
         finally:
             store.close()
 
@@ -337,27 +492,63 @@ class Gallery:
 
     @classmethod
     def _ready(cls, folder: Path, store: Store, cipher: TemplateCipher, policy: Policy, settings: _Settings,
-               actor: str, role: str) -> Gallery:
-        g = cls(folder, store, cipher, policy, settings, actor, role)
-        g.dim = int(store.get_meta("gallery")["dim"])
-        g._load_index()
+               actor: str, role: str, key_file: str | Path | None) -> Gallery:
+        shared = _Shared(store, cipher, policy, None if key_file is None else Path(key_file))
+        g = cls(folder, shared, settings, actor, role, int(store.get_meta("gallery")["dim"]))
+        with shared.lock:
+            with store.transaction() as tx:
+                shared.synced = _marks(tx)  # read before the index: a change in between is reloaded, not missed
+            g._load_index()
         return g
 
     @contextmanager
-    def _write(self, cipher: TemplateCipher | None = None) -> Iterator[Tx]:
+    def _write(self, cipher: TemplateCipher | None = None, *, templates: bool = False) -> Iterator[Tx]:
         """A write transaction: the seal is checked before anything changes and renewed (under ``cipher``, for
-        a key rotation) before the commit, so a change made outside faceaudit is never sealed by accident."""
-        with self.store.transaction() as tx:
-            tx.lock_writes()
-            raise_if_unsealed(self.folder, seal_problems(tx, self.cipher))
-            yield tx
-            put_seal(tx, cipher or self.cipher)
+        a key rotation) before the commit, so a change made outside faceaudit is never sealed by accident.
+        ``templates``: the write enrols or erases templates, which other processes must see (``templates_seq``).
+        Holds the shared lock, so the caller's in-memory update that follows stays in step with the commit."""
+        sh = self._shared
+        with sh.lock:
+            self.refresh()  # under the key and policy in force: another process may have rotated or replaced them
+            with self.store.transaction() as tx:
+                tx.lock_writes()
+                raise_if_unsealed(self.folder, seal_problems(tx, self.cipher))
+                before = _marks(tx)
+                yield tx
+                if templates:
+                    set_meta(tx, "templates_seq", get_meta(tx, "log_head")[0])
+                put_seal(tx, cipher or self.cipher)
+                after = _marks(tx)
+            if before == sh.synced:  # nobody else changed anything since: this process is up to date
+                sh.synced = after
 
     def _refused(self, operation: str, exc: PolicyError, params: dict[str, Any], purpose: str | None = None,
                  legal_basis: str | None = None) -> None:
+        self.log_refusal(operation, exc.rule, params, purpose=purpose, legal_basis=legal_basis)
+
+    def log_refusal(self, operation: str, rule: str, params: dict[str, Any] | None = None, *,
+                    purpose: str | None = None, legal_basis: str | None = None) -> int:
+        """Log that ``operation`` was refused to this actor by ``rule`` (a policy rule, or a rule of the layer
+        in front, such as a service's ``auth.key``); returns the entry's seq."""
         with self._write() as tx:
-            _append(tx, self.actor, self.role, f"{operation}-refused", purpose=purpose, legal_basis=legal_basis,
-                    params=params, result={"rule": exc.rule})
+            entry = _append(tx, self.actor, self.role, f"{operation}-refused", purpose=purpose,
+                            legal_basis=legal_basis, params=params or {}, result={"rule": rule})
+        return entry.seq
+
+    def require(self, operation: str, params: dict[str, Any] | None = None) -> None:
+        """Refuse with PolicyError (logged, naming the rule) unless this role may run ``operation``: for the
+        operations checked in front of the gallery (detect, embed, audit, log), and to refuse early."""
+        self.refresh()
+        self._check(operation, lambda: self.policy.allow(self.role, operation), params or {})
+
+    def logged(self, operation: str, write: Callable[[Tx], None], *, params: dict[str, Any] | None = None,
+               result: dict[str, Any] | None = None) -> int:
+        """Run ``write`` and log ``operation`` in one write transaction (both or neither); returns the seq.
+        For records kept beside the gallery in its database, such as a service's API keys."""
+        with self._write() as tx:
+            write(tx)
+            entry = _append(tx, self.actor, self.role, operation, params=params, result=result)
+        return entry.seq
 
     def _check(self, operation: str, rule: Callable[[], None], params: dict[str, Any],
                purpose: str | None = None, legal_basis: str | None = None) -> None:
@@ -397,7 +588,8 @@ class Gallery:
             raise refused
 
     def close(self) -> None:
-        self.store.close()
+        if self._owner:
+            self.store.close()
 
     def __enter__(self) -> Gallery:
         return self
@@ -436,7 +628,7 @@ class Gallery:
 
     def _load_index(self) -> None:
         """Load the saved index; rebuild it from the store when it is missing or differs from the store."""
-        want = {r.template_id for r in self.store.templates()}
+        want = self.store.template_ids()
         if self.index_path.is_file():
             try:
                 index = SearchIndex.load(self.index_path, self.cipher)
@@ -453,18 +645,28 @@ class Gallery:
             self.dim, self.settings.index)
         self.index.save(self.index_path, self.cipher)
 
-    def _embed(self, images: Sequence[str | Path]) -> tuple[np.ndarray, list[str]]:
-        """Embeddings of the images (one face each); never written to the embedding cache."""
+    def _embed(self, images: Sequence[GalleryImage]) -> tuple[np.ndarray, list[str]]:
+        """Embeddings of the images (one face each); never written to the embedding cache. Runs outside the
+        shared lock: other threads' gallery operations go on meanwhile."""
         from faceaudit.api import embed_image
 
         vecs, sources = [], []
-        for img in images:
-            res = embed_image(img, engine=self.settings.engine, settings=EnrolSettings())
+        for n, img in enumerate(images, 1):
+            name = f"image {n}" if isinstance(img, bytes) else Path(img).name
+            try:
+                res = embed_image(img, engine=self.settings.engine, settings=EnrolSettings(),
+                                  max_pixels=self.max_pixels)
+            except ImageError as exc:
+                if not isinstance(img, bytes):
+                    raise
+                raise ImageError(exc.reason, str(exc), name) from None
             if not res or not res[0].ok or res[0].embedding is None:
                 reason = res[0].reason if res else "no_face"
-                raise InputError(f"{img}: no usable face ({reason}); nothing was enrolled")
+                message = res[0].message if res else ""
+                raise EnrolmentError(reason, f"{img if isinstance(img, str | Path) else name}: no usable face "
+                                             f"({reason}{': ' + message if message else ''})")
             vecs.append(np.asarray(res[0].embedding, np.float32))
-            sources.append(Path(img).name)
+            sources.append(name)
         return np.stack(vecs), sources
 
     def _check_vectors(self, vecs: np.ndarray) -> np.ndarray:
@@ -477,10 +679,14 @@ class Gallery:
         return np.ascontiguousarray(v / norms)
 
     # --- operations ---
-    def enrol(self, subject_id: str, consent: Consent, *, images: Sequence[str | Path] = (),
+    # Each runs refresh() first (another process may have changed the gallery), checks the policy, embeds any
+    # images outside the shared lock, then does its database and index work holding it.
+    def enrol(self, subject_id: str, consent: Consent, *, images: Sequence[GalleryImage] = (),
               embeddings: np.ndarray | None = None) -> list[int]:
         """Enrol templates of one person with their consent record; returns the new template ids."""
+        self.refresh()
         self._check("enrol", lambda: self.policy.allow(self.role, "enrol"), {"subject_id": subject_id})
+        check_subject_id(subject_id)
         if embeddings is None:
             if not images:
                 raise InputError("give images or embeddings to enrol")
@@ -488,25 +694,28 @@ class Gallery:
         else:
             vecs = self._check_vectors(embeddings)
             sources = ["embedding"] * len(vecs)
-        with self._write() as tx:
-            ids = self._insert(tx, subject_id, consent, vecs, sources)
-        self.index.add(np.array(ids, np.int64), vecs)
-        self.index.save(self.index_path, self.cipher)
+        with self._shared.lock:
+            with self._write(templates=True) as tx:
+                ids = self._insert(tx, subject_id, consent, vecs, sources)
+            self.index.add(np.array(ids, np.int64), vecs)
+            self.index.save(self.index_path, self.cipher)
         return ids
 
     def enrol_many(self, items: Sequence[tuple[str, Consent, np.ndarray]], *, chunk: int = 1000) -> int:
         """Enrol many people from embeddings, ``chunk`` people per transaction (each with its own log entry);
         the index is written once at the end (after a crash it is rebuilt from the store on opening)."""
+        self.refresh()
         self._check("enrol", lambda: self.policy.allow(self.role, "enrol"), {"subjects": len(items)})
         done = 0
-        for start in range(0, len(items), chunk):
-            part = [(s, c, self._check_vectors(v)) for s, c, v in items[start:start + chunk]]
-            with self._write() as tx:
-                ids = [self._insert(tx, s, c, v, ["embedding"] * len(v)) for s, c, v in part]
-            self.index.add(np.array([i for group in ids for i in group], np.int64),
-                           np.concatenate([v for _, _, v in part]))
-            done += sum(len(v) for _, _, v in part)
-        self.index.save(self.index_path, self.cipher)
+        with self._shared.lock:
+            for start in range(0, len(items), chunk):
+                part = [(check_subject_id(s), c, self._check_vectors(v)) for s, c, v in items[start:start + chunk]]
+                with self._write(templates=True) as tx:
+                    ids = [self._insert(tx, s, c, v, ["embedding"] * len(v)) for s, c, v in part]
+                self.index.add(np.array([i for group in ids for i in group], np.int64),
+                               np.concatenate([v for _, _, v in part]))
+                done += sum(len(v) for _, _, v in part)
+            self.index.save(self.index_path, self.cipher)
         return done
 
     def _insert(self, tx: Tx, subject_id: str, consent: Consent, vecs: np.ndarray, sources: list[str]) -> list[int]:
@@ -549,13 +758,14 @@ class Gallery:
         floor = self.policy.search.min_score
         return max(t, floor) if floor is not None else t
 
-    def search(self, *, image: str | Path | None = None, embedding: np.ndarray | None = None, k: int = 10,
+    def search(self, *, image: GalleryImage | None = None, embedding: np.ndarray | None = None, k: int = 10,
                fpir: float = 0.01, purpose: str | None = None, legal_basis: str | None = None) -> SearchResult:
         """1:N: the top-k candidates with scores; only those at or above the threshold are matches.
 
         Each candidate's owner is confirmed by decrypting its template (bound to its id and subject) and its
         score recomputed from it: IntegrityError if a row was relabelled or the index file disagrees with the
         store, rather than a wrong name."""
+        self.refresh()
         self._check("search", lambda: self.policy.allow_search(self.role, purpose, legal_basis, k, fpir),
                     {"k": k, "fpir": fpir}, purpose, legal_basis)
         probe = self._embed([image])[0][0] if image is not None else None
@@ -563,17 +773,18 @@ class Gallery:
             if embedding is None:
                 raise InputError("give a probe image or embedding")
             probe = self._check_vectors(np.asarray(embedding, np.float32).reshape(1, -1))[0]
-        threshold = self.threshold_for_fpir(fpir)
-        found = self._search_confirmed(probe, k)
-        cands = [Candidate(r + 1, owner, tid, score, bool(score >= threshold))
-                 for r, (tid, owner, score) in enumerate(found)]
-        with self._write() as tx:
-            entry = _append(tx, self.actor, self.role, "search", purpose=purpose, legal_basis=legal_basis,
-                            params={"k": k, "fpir": fpir, "threshold": threshold, "gallery_size": len(self.index)},
-                            result={"candidates": [[c.subject_id, c.template_id, round(c.score, 6), c.match]
-                                                   for c in cands]})
-        return SearchResult(cands, threshold, fpir, len(self.index), self.policy.search.human_review, entry.seq)
-
+        with self._shared.lock:
+            threshold = self.threshold_for_fpir(fpir)
+            found = self._search_confirmed(probe, k)
+            size = len(self.index)
+            cands = [Candidate(r + 1, owner, tid, score, bool(score >= threshold))
+                     for r, (tid, owner, score) in enumerate(found)]
+            with self._write() as tx:
+                entry = _append(tx, self.actor, self.role, "search", purpose=purpose, legal_basis=legal_basis,
+                                params={"k": k, "fpir": fpir, "threshold": threshold, "gallery_size": size},
+                                result={"candidates": [[c.subject_id, c.template_id, round(c.score, 6), c.match]
+                                                       for c in cands]})
+        return SearchResult(cands, threshold, fpir, size, self.policy.search.human_review, entry.seq)
     def _search_confirmed(self, probe: np.ndarray, k: int) -> list[tuple[int, str, float]]:
         """``(template id, owner, score)`` of the top k, each owner confirmed by the template's own AAD.
 
@@ -605,21 +816,24 @@ class Gallery:
             out.append((tid, row.subject_id, score))
         return out
 
-    def verify(self, subject_id: str, *, image: str | Path | None = None, embedding: np.ndarray | None = None,
+    def verify(self, subject_id: str, *, image: GalleryImage | None = None, embedding: np.ndarray | None = None,
                fmr: float = 1e-4) -> dict[str, Any]:
         """1:1: does the probe match any template of ``subject_id`` at the threshold for ``fmr``?"""
         from faceaudit.api import calibration_for
 
         params = {"subject_id": subject_id, "fmr": fmr}
+        self.refresh()
         self._check("verify", lambda: self.policy.allow(self.role, "verify"), params)
+        check_subject_id(subject_id)
         self._take("verify", params)  # 1:1 looped over every subject id would be a 1:N search
+        threshold = calibration_for(self.settings.engine).threshold_for(fmr)  # a bad fmr fails before embedding
         probe = self._embed([image])[0][0] if image is not None else self._check_vectors(
             np.asarray(embedding, np.float32).reshape(1, -1))[0]
-        rows = self.store.templates(subject_id)
-        if not rows:
-            raise InputError(f"no templates enrolled for {subject_id!r}")
-        best = max(float(self._decrypt(r) @ probe) for r in rows)
-        threshold = calibration_for(self.settings.engine).threshold_for(fmr)
+        with self._shared.lock:  # rows and key read together: a key rotation in another thread cannot come between
+            rows = self.store.templates(subject_id)
+            if not rows:
+                raise UnknownSubjectError(f"no templates enrolled for {subject_id!r}")
+            best = max(float(self._decrypt(r) @ probe) for r in rows)
         with self._write() as tx:
             _append(tx, self.actor, self.role, "verify", params={"subject_id": subject_id, "fmr": fmr},
                     result={"match": best >= threshold, "score": round(best, 6)})
@@ -634,30 +848,47 @@ class Gallery:
         gives ``delete``. ErasureIncompleteError (after the erasure is committed) if another reader keeps
         SQLite from overwriting the deleted bytes."""
         params = {"subject_id": subject_id, "reason": reason, "requested_by_subject": requested_by_subject}
+        self.refresh()
         self._check("delete", lambda: self.policy.allow(self.role, "delete",
                                                         requested_by_subject=requested_by_subject), params)
-        return self._erase(subject_id, params)
+        return self._erase(check_subject_id(subject_id), params)
+
+    def erase(self, subject_id: str, *, reason: str = "erasure request",
+              requested_by_subject: bool = False) -> Erasure:
+        """:meth:`delete`, then :meth:`verify_erasure`: what was erased and what (if anything) is left, with an
+        incomplete purge reported among the problems instead of raised (the erasure itself is committed)."""
+        params = {"subject_id": subject_id, "reason": reason, "requested_by_subject": requested_by_subject}
+        self.refresh()
+        self._check("delete", lambda: self.policy.allow(self.role, "delete",
+                                                        requested_by_subject=requested_by_subject), params)
+        ids = self._erase(check_subject_id(subject_id), params, purge=False)
+        # an incomplete purge is named by verify_erasure (the WAL cannot be checkpointed while a reader holds it)
+        with contextlib.suppress(ErasureIncompleteError):
+            self.store.purge_deleted()
+        return Erasure(subject_id, ids, self.verify_erasure(subject_id, ids))
 
     def _erase(self, subject_id: str, params: dict[str, Any], *, purge: bool = True) -> list[int]:
-        with self._write() as tx:
-            ids = [int(r[0]) for r in tx.rows("SELECT template_id FROM templates WHERE subject_id = ?",
-                                              (subject_id,))]
-            found = tx.one("SELECT 1 FROM subjects WHERE subject_id = ?", (subject_id,)) is not None
-            if not found:
-                raise InputError(f"no subject {subject_id!r} in the gallery")
-            tx.run("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-            tx.run("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
-            _append(tx, self.actor, self.role, "delete", params=params, result={"template_ids": ids})
-        # the index first: if the purge below fails, the person must already be out of every search
-        if ids:
-            self.index.remove(np.array(ids, np.int64))
-        self.index.save(self.index_path, self.cipher)
+        with self._shared.lock:
+            with self._write(templates=True) as tx:
+                ids = [int(r[0]) for r in tx.rows("SELECT template_id FROM templates WHERE subject_id = ?",
+                                                  (subject_id,))]
+                found = tx.one("SELECT 1 FROM subjects WHERE subject_id = ?", (subject_id,)) is not None
+                if not found:
+                    raise UnknownSubjectError(f"no subject {subject_id!r} in the gallery")
+                tx.run("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+                tx.run("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
+                _append(tx, self.actor, self.role, "delete", params=params, result={"template_ids": ids})
+            # the index first: if the purge below fails, the person must already be out of every search
+            if ids:
+                self.index.remove(np.array(ids, np.int64))
+            self.index.save(self.index_path, self.cipher)
         if purge:
             self.store.purge_deleted()
         return ids
 
     def expire(self, today: date | None = None) -> list[str]:
         """Erase everyone whose consent or retention has ended (logged as expiry)."""
+        self.refresh()
         day = (today or date.today()).isoformat()
         with self.store.transaction() as tx:
             due = [str(r[0]) for r in tx.rows("SELECT subject_id FROM subjects WHERE expires IS NOT NULL AND "
@@ -677,18 +908,21 @@ class Gallery:
         ``export`` may; the subject's own request (``requested_by_subject``, vouched for by the caller and
         logged) always may. Rate-limited per actor by the policy's ``[limits] max_exports``."""
         params = {"subject_id": subject_id, "requested_by_subject": requested_by_subject}
+        self.refresh()
         self._check("export", lambda: self.policy.allow(self.role, "export",
                                                         requested_by_subject=requested_by_subject), params)
+        check_subject_id(subject_id)
         self._take("export", params)
         with self.store.transaction() as tx:
             row = tx.one("SELECT consent, created, expires FROM subjects WHERE subject_id = ?", (subject_id,))
         if row is None:
-            raise InputError(f"no subject {subject_id!r} in the gallery")
+            raise UnknownSubjectError(f"no subject {subject_id!r} in the gallery")
         import base64
 
-        templates = [{"template_id": r.template_id, "created": r.created, "source": r.source,
-                      "embedding_float32_base64": base64.b64encode(self._decrypt(r).tobytes()).decode()}
-                     for r in self.store.templates(subject_id)]
+        with self._shared.lock:
+            templates = [{"template_id": r.template_id, "created": r.created, "source": r.source,
+                          "embedding_float32_base64": base64.b64encode(self._decrypt(r).tobytes()).decode()}
+                         for r in self.store.templates(subject_id)]
         mine = [e.to_json() for e in self._log_entries() if _mentions(e, subject_id)]
         with self._write() as tx:
             _append(tx, self.actor, self.role, "export", params=params,
@@ -699,29 +933,58 @@ class Gallery:
     def rotate_key(self, new: TemplateCipher) -> int:
         """Re-encrypt every template under ``new`` in one transaction (and re-seal under it); returns how many."""
         params = {"old_key_id": self.cipher.key_id.hex(), "new_key_id": new.key_id.hex()}
+        self.refresh()
         self._check("rotate-key", lambda: self.policy.allow(self.role, "rotate-key"), params)
-        rows = self.store.templates()
-        with self._write(cipher=new) as tx:
-            for r in rows:
-                tx.run("UPDATE templates SET blob = ? WHERE template_id = ?",
-                       (new.encrypt(self._decrypt(r).tobytes(), self._aad(r.template_id, r.subject_id)),
-                        r.template_id))
-            set_meta(tx, "key_id", new.key_id.hex())
-            _append(tx, self.actor, self.role, "rotate-key", params=params, result={"templates": len(rows)})
-        self.cipher = new
-        self.index.save(self.index_path, self.cipher)
+        with self._shared.lock:
+            with self._write(cipher=new) as tx:
+                # read inside the write transaction: a template another process enrols meanwhile waits for it
+                rows = [TemplateRow(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), r[4]) for r in tx.rows(
+                    "SELECT template_id, subject_id, blob, created, source FROM templates ORDER BY template_id")]
+                for r in rows:
+                    tx.run("UPDATE templates SET blob = ? WHERE template_id = ?",
+                           (new.encrypt(self._decrypt(r).tobytes(), self._aad(r.template_id, r.subject_id)),
+                            r.template_id))
+                set_meta(tx, "key_id", new.key_id.hex())
+                _append(tx, self.actor, self.role, "rotate-key", params=params, result={"templates": len(rows)})
+            self.cipher = new
+            self.index.save(self.index_path, self.cipher)
         self.store.purge_deleted()  # the old ciphertexts
         return len(rows)
 
+    def rotate_key_file(self, key_file: str | Path) -> KeyRotation:
+        """Rotate to a new random key kept in ``key_file``, the file this gallery's key is read from: the new
+        key is written beside it (``<name>.new``, mode 600), every template re-encrypted under it (one logged
+        transaction), then the old key file is kept as ``<name>.<old key id>.retired`` (for backups made before
+        the rotation: destroy it once they are replaced) and the new key takes its place. A crash before the
+        commit leaves the old key in force (and ``.new`` to delete); after it, ``.new`` is the gallery's key."""
+        path = Path(key_file)
+        new_path = path.with_name(f"{path.name}.new")
+        if new_path.exists():
+            raise InputError(f"{new_path} exists: an earlier key rotation did not finish. If the gallery's key id "
+                             f"is that file's, move it over {path.name}; otherwise delete it")
+        old_id = self.cipher.key_id.hex()
+        generate_key_file(new_path)
+        try:
+            count = self.rotate_key(TemplateCipher.load(new_path))
+        except BaseException:
+            new_path.unlink(missing_ok=True)  # nothing was re-encrypted: the old key is still the gallery's
+            raise
+        retired = path.with_name(f"{path.name}.{old_id}.retired")
+        os.link(path, retired)
+        os.replace(new_path, path)
+        return KeyRotation(count, old_id, self.cipher.key_id.hex(), path, retired)
+
     def set_policy(self, policy: Policy) -> None:
         """Replace the policy (logged with the old and the new; the seal then names this entry)."""
+        self.refresh()
         self._check("policy", lambda: self.policy.allow(self.role, "policy"), {"new": policy.to_dict()})
-        with self._write() as tx:
-            set_meta(tx, "policy", policy.to_dict())
-            entry = _append(tx, self.actor, self.role, "policy", params={"old": self.policy.to_dict(),
-                                                                         "new": policy.to_dict()})
-            put_seal(tx, self.cipher, entry.seq)
-        self.policy = policy
+        with self._shared.lock:
+            with self._write() as tx:
+                set_meta(tx, "policy", policy.to_dict())
+                entry = _append(tx, self.actor, self.role, "policy", params={"old": self.policy.to_dict(),
+                                                                             "new": policy.to_dict()})
+                put_seal(tx, self.cipher, entry.seq)
+            self.policy = policy
 
     def verify_erasure(self, subject_id: str, template_ids: Sequence[int] = ()) -> list[str]:
         """Problems found for an erased subject (empty when none): rows, index entries, the delete entry."""
@@ -764,6 +1027,28 @@ class Gallery:
         """Check the chain against the head stored beside it (which must be its last entry) and, if given,
         against ``head``, a published one (which must still be in it: later entries are fine)."""
         return check_chain(self.store, self.log_head(), head)
+
+
+    def integrity(self, head: tuple[int, str] | None = None) -> GalleryCheck:
+        """What :meth:`check` reports, for this open gallery: the log's chain (against ``head``, a published
+        one, if given) and the seal, without refusing on what it finds."""
+        return _integrity(self.store, self.cipher, head)
+
+    def counts(self) -> dict[str, int]:
+        """How many subjects and templates the gallery holds (from the store)."""
+        with self.store.transaction() as tx:
+            subjects = tx.one("SELECT COUNT(*) FROM subjects")
+            templates = tx.one("SELECT COUNT(*) FROM templates")
+        return {"subjects": int(subjects[0]) if subjects else 0, "templates": int(templates[0]) if templates else 0}
+
+
+def _integrity(store: Store, cipher: TemplateCipher, head: tuple[int, str] | None) -> GalleryCheck:
+    with store.transaction() as tx:
+        # the head against the log is the chain check's, stated more precisely there
+        problems = seal_problems(tx, cipher, with_head=False)
+        problems += latest_policy_problems(tx)
+    stored = stored_head(store)
+    return GalleryCheck(check_chain(store, stored, head), problems, stored)
 
 
 def _mentions(entry: LogEntry, subject_id: str) -> bool:

@@ -3,9 +3,10 @@
 A policy is a TOML file (``examples/gallery-policy.toml``)::
 
     [roles]                      # role = the operations it may run
-    operator = ["enrol", "verify"]
+    operator = ["enrol", "verify", "detect", "embed"]
     investigator = ["search"]
     dpo = ["export", "delete"]   # export or erase on someone else's behalf (see below)
+    auditor = ["audit", "log"]   # run bias audits; read and check the audit log
 
     [search]                     # 1:N search: off unless switched on with a purpose and legal basis
     enabled = true
@@ -24,13 +25,19 @@ A policy is a TOML file (``examples/gallery-policy.toml``)::
     [retention]
     days = 365                   # templates expire this long after enrolment unless consent ends sooner
 
+The operations: ``enrol``, ``verify`` (1:1 against an enrolled subject, or two images), ``search`` (1:N),
+``delete`` and ``export`` (on someone else's behalf), ``rotate-key``, ``policy`` (replace it); and those the
+service (``faceaudit serve``) checks in front of the gallery for each API key's role: ``detect`` and ``embed``
+(faces and vectors of uploaded images, nothing stored), ``audit`` (submit, follow and download bias-audit
+jobs) and ``log`` (read the log head and have the log verified).
+
 Export and delete carry the data subjects' rights of access and erasure: a request by the subject
 themselves (``requested_by_subject``, recorded in the log) is always allowed. On anyone else's behalf
 they are ordinary operations that a role must be given: an export is a plaintext copy of someone's
-templates, which anyone could then search offline. The default policy (no file) allows enrol and 1:1
-verify to every role; the role ``admin`` may also replace the policy, rotate the key and erase on
-someone's behalf; nobody exports for others; 1:N search is off. Every refusal names the rule that
-refused it.
+templates, which anyone could then search offline. The default policy (no file) allows enrol, 1:1
+verify, detect and embed to every role; the role ``admin`` may also replace the policy, rotate the key,
+erase on someone's behalf, run audits and read the log; nobody exports for others; 1:N search is off.
+Every refusal names the rule that refused it.
 """
 
 from __future__ import annotations
@@ -42,13 +49,15 @@ from typing import Any
 
 from faceaudit.errors import FaceauditError, InputError
 
-OPERATIONS = ("enrol", "verify", "search", "delete", "export", "rotate-key", "policy")
+OPERATIONS = ("enrol", "verify", "search", "delete", "export", "rotate-key", "policy", "detect", "embed", "audit",
+              "log")
 #: Rights of the people enrolled: always allowed when the subject asks for it themselves.
 SUBJECT_RIGHTS = ("delete", "export")
-#: Without a policy: anyone may enrol and verify; the role "admin" may also replace the policy (the only
-#: way to switch search on, and logged), rotate the key and erase someone on their behalf. "*" stands for
-#: any other role.
-DEFAULT_ROLES = {"*": ("enrol", "verify"), "admin": ("enrol", "verify", "policy", "rotate-key", "delete")}
+#: Without a policy: anyone may enrol, verify, detect and embed; the role "admin" may also replace the policy
+#: (the only way to switch search on, and logged), rotate the key, erase someone on their behalf, run audits
+#: and read the log. "*" stands for any other role.
+DEFAULT_ROLES = {"*": ("enrol", "verify", "detect", "embed"),
+                 "admin": ("enrol", "verify", "detect", "embed", "policy", "rotate-key", "delete", "audit", "log")}
 
 
 class PolicyError(FaceauditError):

@@ -16,6 +16,10 @@ server recycles the segments: an operator's retention setting, stated in the REA
 
 The SQLite file is created readable by its owner only (0600, whatever the umask); SQLite gives its WAL
 and shared-memory files the database file's permissions.
+
+Threads. One :class:`Store` holds one connection, which a server uses from the threads of its pool: every use
+of the connection (a transaction, a checkpoint, a purge) holds the store's lock, so statements of two threads
+never interleave within one transaction. (Reentrant: a reader called inside a transaction does not deadlock.)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -115,6 +120,7 @@ class Store:
         self.location = location  # for messages: never holds a password
         self.path = path  # the SQLite file, None for PostgreSQL
         self.checkpoint_wait = CHECKPOINT_WAIT  # seconds purge_deleted and checkpoint wait for other readers
+        self._lock = threading.RLock()  # one connection, used by one thread at a time (module docstring)
 
     @classmethod
     def open(cls, url: str | Path) -> Store:
@@ -133,7 +139,8 @@ class Store:
             path = Path(text.removeprefix("sqlite:///"))
             path.parent.mkdir(parents=True, exist_ok=True)
             _create_private(path)
-            lite = sqlite3.connect(path, isolation_level=None)  # transactions are explicit (BEGIN IMMEDIATE)
+            # transactions are explicit (BEGIN IMMEDIATE); any thread may use the connection, one at a time (_lock)
+            lite = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "secure_delete=ON"):
                 lite.execute(f"PRAGMA {pragma}")
             store = cls(lite, "sqlite", str(path), path)
@@ -145,6 +152,10 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """All or nothing: commit when the block ends, roll back on any error (or a crash)."""
+        with self._lock:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[Tx]:
         conn = self._live()
         if self.dialect == "sqlite":
             cur = conn.cursor()
@@ -169,8 +180,10 @@ class Store:
         """Make deleted rows unrecoverable from the database's own files (see the module docstring); on SQLite
         raise ErasureIncompleteError when other readers keep the checkpoint from finishing for ``wait`` seconds
         (default: ``checkpoint_wait``)."""
-        conn = self._live()
-        wait = self.checkpoint_wait if wait is None else wait
+        with self._lock:
+            self._purge(self._live(), self.checkpoint_wait if wait is None else wait)
+
+    def _purge(self, conn: Any, wait: float) -> None:
         if self.dialect == "sqlite":
             if not self.checkpoint(wait):
                 raise ErasureIncompleteError(
@@ -191,7 +204,10 @@ class Store:
         """SQLite: copy the WAL into the database file and truncate it to zero bytes, retrying while other
         connections hold old snapshots, for at most ``wait`` seconds; whether it completed. (The pragma's
         first result column is 1 when it could not finish: ignoring that would leave deleted data behind.)"""
-        conn = self._live()
+        with self._lock:
+            return self._checkpoint(self._live(), wait)
+
+    def _checkpoint(self, conn: Any, wait: float | None) -> bool:
         if self.dialect != "sqlite":
             return True
         wait = self.checkpoint_wait if wait is None else wait
@@ -217,9 +233,10 @@ class Store:
         return [p for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.exists()]
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # --- reads outside a write ---
     def get_meta(self, key: str) -> Any:
@@ -234,6 +251,11 @@ class Store:
                     else tx.rows("SELECT template_id, subject_id, blob, created, source FROM templates "
                                  "ORDER BY template_id"))
         return [TemplateRow(int(r[0]), str(r[1]), bytes(r[2]), str(r[3]), r[4]) for r in rows]
+
+    def template_ids(self) -> set[int]:
+        """The ids of every template (without reading the encrypted blobs)."""
+        with self.transaction() as tx:
+            return {int(r[0]) for r in tx.rows("SELECT template_id FROM templates")}
 
     def templates_by_id(self, template_ids: Sequence[int]) -> list[TemplateRow]:
         if not template_ids:

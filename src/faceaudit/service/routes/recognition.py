@@ -1,0 +1,72 @@
+"""Stateless recognition: faces in an image, vectors of images, 1:1 verification (two images, or an image against
+an enrolled subject). Nothing here stores an image or a vector; verification against a subject is the gallery's
+and logged there."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+
+from faceaudit.api import detect as detect_faces
+from faceaudit.api import embed_images
+from faceaudit.api import verify as verify_pair
+from faceaudit.service.auth import Principal, authorized
+from faceaudit.service.limits import read_images, require_content_type
+from faceaudit.service.models import DetectResponse, EmbeddedImage, EmbedResponse, FaceModel, SubjectId, VerifyResponse
+from faceaudit.service.problems import Problem, problem_responses
+from faceaudit.service.state import ServiceState, service
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+State = Annotated[ServiceState, Depends(service)]
+_multipart = [Depends(require_content_type("multipart/form-data"))]
+_IMAGE_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
+
+
+@router.post("/detect", response_model=DetectResponse, dependencies=_multipart,
+             responses=problem_responses(*_IMAGE_ERRORS), summary="Every face in an image: box, 5 landmarks, score")
+async def detect(state: State, who: Annotated[Principal, Depends(authorized("detect"))],
+                 image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")]) -> DetectResponse:
+    [data] = await read_images([image], 1)
+    faces = await state.run(detect_faces, data, engine=state.engine_name,
+                            max_pixels=state.settings.max_image_pixels)
+    return DetectResponse(engine=str(state.engine_name), faces=[FaceModel.of(f) for f in faces])
+
+
+@router.post("/embed", response_model=EmbedResponse, dependencies=_multipart,
+             responses=problem_responses(*_IMAGE_ERRORS),
+             summary="The embedding of the subject face of each image (or why none could be made)")
+async def embed(state: State, who: Annotated[Principal, Depends(authorized("embed"))],
+                images: Annotated[list[UploadFile], File(description="one or more images")]) -> EmbedResponse:
+    data = await read_images(images, state.settings.max_images_per_request)
+    names = [f.filename or f"image {i + 1}" for i, f in enumerate(images)]
+    results = await state.run(embed_images, data, engine=state.engine_name,
+                              max_pixels=state.settings.max_image_pixels, names=names)
+    return EmbedResponse(engine=str(state.engine_name),
+                         results=[EmbeddedImage.of(i, images[i].filename, r[0]) for i, r in enumerate(results)])
+
+
+@router.post("/verify", response_model=VerifyResponse, dependencies=_multipart,
+             responses=problem_responses(404, *_IMAGE_ERRORS),
+             summary="1:1: does the image show the same person as the reference image, or as the enrolled subject?")
+async def verify(state: State, who: Annotated[Principal, Depends(authorized("verify"))],
+                 image: Annotated[UploadFile, File(description="the probe")],
+                 reference: Annotated[UploadFile | None, File(description="a second image (or subject_id)")] = None,
+                 subject_id: Annotated[SubjectId | None, Form(description="an enrolled subject (or give reference)")]
+                 = None,
+                 fmr: Annotated[float, Form(gt=0, lt=1, description="target false match rate")] = 1e-4,
+                 ) -> VerifyResponse:
+    if (reference is None) == (subject_id is None):
+        raise Problem.of("invalid-input", "give either a reference image or a subject_id, not both or neither")
+    if subject_id is not None:
+        [probe] = await read_images([image], 1)
+        gallery = state.gallery_for(who.name, who.role)
+        r = await state.run(gallery.verify, subject_id, image=probe, fmr=fmr)
+        return VerifyResponse(mode="subject", match=r["match"], score=r["score"], threshold=r["threshold"],
+                              target_fmr=fmr, subject_id=subject_id, engine=gallery.settings.engine)
+    assert reference is not None
+    a, b = await read_images([image, reference], 2)
+    v = await state.run(verify_pair, a, b, fmr=fmr, engine=state.engine_name,
+                        max_pixels=state.settings.max_image_pixels)
+    return VerifyResponse(mode="pair", match=v.match, score=v.score, threshold=v.threshold, target_fmr=v.target_fmr,
+                          engine=v.engine, failures=list(v.failures))
