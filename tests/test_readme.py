@@ -1,7 +1,9 @@
 """Every command block of the README runs, as written, on the bundled faces in a temporary folder.
 
-The ``sh`` blocks are run line by line (continuations joined, comments dropped) with the installed
-``faceaudit`` command, and the ``python`` blocks as one program each, all in one working folder that
+The ``sh`` blocks are run line by line by bash (continuations joined), with this venv's ``faceaudit``
+first on PATH; a line ending in ``&`` (``faceaudit serve``) runs in the background until the end, the
+test waiting for its ``/readyz``; ``curl`` lines run as written (``-f``: an HTTP error fails them). The
+``python`` blocks run as one program each, all in one working folder that
 holds the files the README names (``faces.csv``, ``a.jpg``, ``audit.toml``, ...), made from the bundled
 London crops. A non-zero exit or a traceback fails the test, naming the line. ``text`` blocks are
 synopses (``[optional]`` parts, ``DIR`` placeholders): each ``faceaudit`` line there is checked for
@@ -16,12 +18,16 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,12 +61,11 @@ def blocks(*kinds: str) -> list[tuple[int, str, str]]:
     return out
 
 
-def commands(text: str) -> Iterator[list[str]]:
-    """Each command of a shell block as argv: continuations joined, comments dropped."""
+def commands(text: str) -> Iterator[str]:
+    """Each command line of a shell block, continuations joined (comments are left to bash)."""
     for line in text.replace("\\\n", " ").splitlines():
-        argv = shlex.split(line, comments=True)
-        if argv:
-            yield argv
+        if shlex.split(line, comments=True):
+            yield line.strip()
 
 
 @pytest.fixture(scope="module")
@@ -105,30 +110,68 @@ def cluster_address() -> Iterator[str]:
         yield str(cluster.scheduler_address)
 
 
+def _env(ws: Path) -> dict[str, str]:
+    """The user's shell: this venv's commands first on PATH; a private cache."""
+    return {**os.environ, "PATH": f"{FACEAUDIT.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FACEAUDIT_CACHE_DIR": str(ws / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
 def _run(argv: list[str], ws: Path, where: str) -> None:
-    env = {**os.environ, "FACEAUDIT_CACHE_DIR": str(ws / "cache"), "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(argv, cwd=ws, env=_env(ws), capture_output=True, text=True, timeout=600, check=False)
     said = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in said, f"{where}: {shlex.join(argv)} exited " \
         f"{done.returncode}:\n{said[-3000:]}"
 
 
+def _start(line: str, ws: Path, where: str) -> subprocess.Popen[bytes]:
+    """A command the README runs in the background (``... &``): a server; wait until it is ready."""
+    port = re.search(r"--port (\d+)", line)
+    assert port, f"{where}: a background command needs --port so the test can wait for it: {line}"
+    proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=ws, env=_env(ws), stdout=subprocess.DEVNULL,
+                            stderr=open(ws / "server.log", "ab"), start_new_session=True)  # noqa: SIM115
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{where}: {line} exited {proc.returncode}: "
+                                 f"{(ws / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port.group(1)}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{where}: {line} was not ready in 120 s")
+
+
 def test_every_command_block_of_the_readme_runs_in_order(workspace: Path, cluster_address: str) -> None:
     """As a reader would: top to bottom, each file a command makes there for the commands after it."""
-    ran = 0
-    for start, kind, text in blocks("sh", "python"):
-        where = f"README {kind} block at line {start}"
-        if kind == "python":
-            _run([sys.executable, "-c", text], workspace, where)
-            ran += 1
-            continue
-        for argv in commands(text):
-            if argv[0] in NOT_RUN:
+    ran, background = 0, []
+    try:
+        for start, kind, text in blocks("sh", "python"):
+            where = f"README {kind} block at line {start}"
+            if kind == "python":
+                _run([sys.executable, "-c", text], workspace, where)
+                ran += 1
                 continue
-            assert argv[0] == "faceaudit", f"{where}: unexpected command {argv[0]!r}"
-            _run([str(FACEAUDIT), *(cluster_address if a == HOST else a for a in argv[1:])], workspace, where)
-            ran += 1
-    assert ran >= 25  # the audit, comparison, gallery and cluster commands, and the Python blocks
+            for line in commands(text):
+                first = shlex.split(line, comments=True)[0]
+                if first in NOT_RUN:
+                    continue
+                assert first in ("faceaudit", "curl"), f"{where}: unexpected command {first!r}"
+                if first == "curl" and shutil.which("curl") is None:
+                    warnings.warn(f"{where}: curl is not installed; not run: {line}", stacklevel=1)
+                    continue
+                line = line.replace(HOST, cluster_address)
+                if line.endswith("&"):
+                    background.append(_start(line[:-1].strip(), workspace, where))
+                else:
+                    _run(["bash", "-c", line], workspace, where)
+                ran += 1
+    finally:
+        for proc in background:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    assert ran >= 40  # the audit, comparison, gallery, service and cluster commands, and the Python blocks
 
 
 def test_the_gallery_verify_command_works_on_a_freshly_enrolled_subject(workspace: Path, tmp_path: Path) -> None:
