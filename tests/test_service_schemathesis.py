@@ -42,6 +42,8 @@ def test_every_operation_with_a_valid_key_gives_no_5xx_and_conforms(tmp_path: Pa
         done = subprocess.run(
             [_st(), "run", str(SCHEMA), "--url", server.url, "-H", f"Authorization: Bearer {setup.keys['all']}",
              "--checks", CHECKS, "--max-examples", "12", "--generation-deterministic", "--request-timeout", "60",
+             # an operation with no parameters (GET /v1/policy) leaves Hypothesis little to vary: not a finding
+             "--suppress-health-check", "filter_too_much",
              "--no-color", "--report", "junit", "--report-dir", str(tmp_path / "st")],
             capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path)
         said = done.stdout + done.stderr
@@ -55,7 +57,7 @@ def test_every_protected_operation_refuses_no_key_and_a_wrong_key(tmp_path: Path
     doc = json.loads(SCHEMA.read_text())
     protected = [(path, method) for path, ops in doc["paths"].items() for method, op in ops.items()
                  if op.get("security")]
-    assert len(protected) >= 12
+    assert len(protected) >= 17
     wrong = "fa_" + "0" * 16 + "_" + "x" * 43
     with serve(setup.settings(), tmp_path / "server.log") as server:
         for path, method in protected:

@@ -19,10 +19,11 @@ from fastapi import FastAPI
 
 from faceaudit import __version__
 from faceaudit.service import problems
+from faceaudit.service.jobrunner import JobRunner
 from faceaudit.service.limits import BodyLimit, Timeout
 from faceaudit.service.metrics import MetricsMiddleware
 from faceaudit.service.openapi import openapi_document
-from faceaudit.service.routes import gallery, ops, recognition
+from faceaudit.service.routes import audits, gallery, ops, pages, recognition
 from faceaudit.service.settings import ServiceSettings
 from faceaudit.service.state import ServiceState
 
@@ -44,10 +45,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # opening the gallery and loading the engine block for a while: not on the event loop
         await anyio.to_thread.run_sync(state.start)
+        runner = JobRunner.for_service(settings, state.gallery, sign=settings.report_key)
+        await anyio.to_thread.run_sync(runner.start)
+        app.state.jobs = runner
         log.info("faceaudit service ready: gallery %s, engine %s", settings.gallery, state.engine_name)
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(runner.stop)  # requeues its running jobs for the next server
             await anyio.to_thread.run_sync(state.close)
 
     # no /docs: Swagger UI would have browsers fetch its scripts from a CDN; the schema is at /openapi.json
@@ -58,9 +63,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(recognition.router)
     app.include_router(gallery.router)
-    # --- S2's routers go here, added by the lead once they are finished: app.include_router(audits.router) (the
-    # --- audit jobs, routes/audits.py; their runner, service/jobrunner.py, is started in lifespan() above right
-    # --- after state.start and stopped before state.close) and app.include_router(pages.router) (the page at "/").
+    app.include_router(audits.router)
+    app.include_router(pages.router)
     # Middleware added last runs first: metrics see every answer, including the timeout's and the body limit's.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Timeout, seconds=settings.request_timeout_s)

@@ -40,6 +40,10 @@ log = logging.getLogger("faceaudit.service")
 #: Every kind of problem: its HTTP status and title. ``type`` is ``/problems/<kind>``.
 KINDS: dict[str, tuple[int, str]] = {
     "invalid-input": (400, "The request is not valid"),
+    "invalid-config": (400, "The audit config is not valid"),
+    "invalid-upload": (400, "An uploaded file is not usable"),
+    "outside-data-root": (400, "The audit names data outside the server's data root"),
+    "no-data-root": (400, "The server takes no audit configs (it has no data root)"),
     "unauthorized": (401, "An API key is needed"),
     "forbidden": (403, "Refused by the gallery policy"),
     "not-found": (404, "Not found"),
