@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -74,8 +75,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = tmp_path_factory.mktemp("readme")
     manifest = bundled_manifest()
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    table["path"] = [str(manifest.parent / p) for p in table["path"]]
-    table.to_csv(ws / "faces.csv", index=False)
+    shutil.copytree(manifest.parent / "images", ws / "images")  # inside the folder: the service's data root
+    table.to_csv(ws / "faces.csv", index=False)  # paths relative to it, as in the bundled manifest
+    table["path"] = [str(ws / p) for p in table["path"]]
     first, second = table.loc[table["subject_id"] == table["subject_id"].iloc[0], "path"].iloc[:2]  # one person
     for name, src in {"photo.jpg": first, "group.jpg": first, "me.jpg": first, "x.jpg": first, "a.jpg": first,
                       "b.jpg": second, "a1.jpg": first, "a2.jpg": second, "probe.jpg": second}.items():
@@ -172,6 +174,9 @@ def test_every_command_block_of_the_readme_runs_in_order(workspace: Path, cluste
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
     assert ran >= 40  # the audit, comparison, gallery, service and cluster commands, and the Python blocks
+    with tarfile.open(workspace / "report.tar.gz") as tar:  # the audit job's report, as the README downloads it
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"report.html", "results.json", "MANIFEST.sha256"} <= names
 
 
 def test_the_gallery_verify_command_works_on_a_freshly_enrolled_subject(workspace: Path, tmp_path: Path) -> None:

@@ -80,6 +80,9 @@ _SUBMIT_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "application/json": {"schema": ConfigSubmission.model_json_schema()},
+        # the config file itself, as `curl --data-binary @audit.toml` sends it
+        "application/toml": {"schema": {"type": "string", "minLength": 1, "maxLength": MAX_CONFIG_BYTES,
+                                        "description": "TOML text of an audit config, as in a config file"}},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -197,13 +200,23 @@ async def submit(request: Request, response: Response, who: Auditor, state: Stat
                 raise _validation(exc, "body") from None
             job = await state.run(jobs.submit_config, state.store(), settings.jobs_folder, who.name, body.config,
                                   settings.data_root, cluster=settings.cluster)
+        elif kind == "application/toml":
+            raw = await request.body()
+            try:
+                text = ConfigSubmission(config=raw.decode("utf-8")).config  # the same length rules as in JSON
+            except (UnicodeDecodeError, ValidationError) as exc:
+                raise Problem.of("invalid-config", f"the config must be UTF-8 TOML of at most {MAX_CONFIG_BYTES:,} "
+                                                   f"bytes ({exc})") from None
+            job = await state.run(jobs.submit_config, state.store(), settings.jobs_folder, who.name, text,
+                                  settings.data_root, cluster=settings.cluster)
         elif kind == "multipart/form-data":
             manifest, scores, options = await _upload(request)
             job = await state.run(jobs.submit_scores, state.store(), settings.jobs_folder, who.name, manifest, scores,
                                   options.to_audit(), cluster=settings.cluster)
         else:
-            raise Problem.of("unsupported-media-type", f"send the audit as application/json (a config) or "
-                                                       f"multipart/form-data (manifest, scores, options), not "
+            raise Problem.of("unsupported-media-type", f"send the audit as application/json (a config), "
+                                                       f"application/toml (the config file) or multipart/form-data "
+                                                       f"(manifest, scores, options), not "
                                                        f"{kind or 'a body without a content type'}")
     except jobs.JobInputError as exc:
         raise _problem(exc) from None
