@@ -120,7 +120,12 @@ class Server:
                "--max-body-mb", str(s.max_body_bytes // 2**20), "--max-images", str(s.max_images_per_request),
                "--max-pixels", str(s.max_image_pixels)]
         assert s.max_body_bytes % 2**20 == 0, "the command line takes the body limit in MiB"
-        return cmd + (["--key", str(s.key_file)] if s.key_file is not None else [])
+        cmd += ["--audit-workers", str(s.audit_workers)]
+        for flag, value in (("--key", s.key_file), ("--data-root", s.data_root), ("--jobs-dir", s.jobs_dir),
+                            ("--sign", s.report_key), ("--cluster", s.cluster)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        return cmd
 
     def start(self, timeout: float = 90.0) -> None:
         with open(self.log_path, "ab") as log:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,8 +36,8 @@ from faceaudit.report.integrity import generate_key, verify_folder
 from faceaudit.service import jobs, keys
 from faceaudit.service.app import create_app
 from faceaudit.service.jobrunner import JobRunner, claim, recover
-from faceaudit.service.routes import audits, pages
 from faceaudit.service.settings import ServiceSettings
+from service_support import serve
 
 DATA_ROOT = bundled_manifest().parent
 ROLES = {"admin": ["enrol", "verify", "policy", "rotate-key", "delete", "audit", "log"], "auditor": ["audit", "log"],
@@ -91,14 +92,8 @@ def make_gallery(base: Path, policy: dict[str, Any] | None = None) -> tuple[Path
 
 
 def build_app(settings: ServiceSettings) -> FastAPI:
-    """The service's app, with the audit routes and the page (until app.py includes them itself)."""
-    app = create_app(settings)
-    paths = {getattr(r, "path", None) for r in app.routes}
-    if "/v1/audits" not in paths:
-        app.include_router(audits.router)
-    if "/" not in paths:
-        app.include_router(pages.router)
-    return app
+    """The service's app (its audit routes and page included by create_app)."""
+    return create_app(settings)
 
 
 @contextmanager
@@ -436,6 +431,41 @@ def test_job_resumes_after_its_server_is_killed(tmp_path: Path, cli_results: byt
         provenance = json.loads((folder / "report" / "provenance.json").read_text())
         assert provenance["images_from_cache"] > 0  # the second attempt resumed from the first's embeddings
         assert not list(folder.glob(".report.*"))
+
+
+def test_job_resumes_after_faceaudit_serve_is_killed(tmp_path: Path, cli_results: bytes) -> None:
+    """The whole server (uvicorn, its job runner and the audit process it started) killed -9 mid-embedding; the
+    next server takes the job up again and writes the CLI's results.json."""
+    folder, key_file, made = make_gallery(tmp_path)
+    settings = ServiceSettings(gallery=folder, key_file=key_file, data_root=DATA_ROOT, jobs_dir=tmp_path / "jobs")
+    alice = {"Authorization": f"Bearer {made['alice']}"}
+    with serve(settings, tmp_path / "server1.log") as first:
+        r = httpx.post(f"{first.url}/v1/audits", json={"config": CONFIG}, headers=alice, timeout=30)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 90
+        while not embedding_started(httpx.get(f"{first.url}/v1/audits/{job_id}", headers=alice, timeout=30).json()):
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.1)
+        attempt = _attempt_pid(settings.jobs_folder / job_id)
+        first.kill()
+    assert _gone(attempt), "the audit process outlived its killed server"
+    assert not (settings.jobs_folder / job_id / "report").exists()  # no half report
+    with serve(settings, tmp_path / "server2.log") as second:
+        deadline = time.monotonic() + 180
+        while True:
+            status = httpx.get(f"{second.url}/v1/audits/{job_id}", headers=alice, timeout=30).json()
+            if finished(status):
+                break
+            assert time.monotonic() < deadline, f"{status}\n{second.log_tail()}"
+            time.sleep(0.2)
+        assert status["state"] == "done" and status["attempts"] == 2, status
+        report = httpx.get(f"{second.url}/v1/audits/{job_id}/report", headers=alice, timeout=60)
+        assert report.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(report.content)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("results.json"))
+        extracted = tar.extractfile(member)
+        assert extracted is not None and extracted.read() == cli_results
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])

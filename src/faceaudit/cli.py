@@ -805,12 +805,14 @@ def log_verify(folder: str, key_file: str | None, actor: str, role: str, head: s
               help="Most images in one request.")
 @click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
               help="Most pixels in one image, checked from its header before it is decoded.")
+@click.option("--jobs-dir", type=click.Path(file_okay=False), default=None,
+              help="Where audit jobs write their reports (default: GALLERY/jobs).")
 @click.option("--sign", "report_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ed25519 private key (faceaudit keygen): the reports of audit jobs are signed with it.")
 @cluster_option
 def serve(gallery_dir: str, key_file: str | None, host: str, port: int, workers: int, data_root: str | None,
           rate_per_minute: int, request_timeout: float, audit_workers: int, max_body_mb: int, max_images: int,
-          max_pixels: int, report_key: str | None, cluster: str | None) -> None:
+          max_pixels: int, jobs_dir: str | None, report_key: str | None, cluster: str | None) -> None:
     """Serve recognition, the gallery and audits over HTTP (uvicorn), with API keys (`faceaudit keys`)."""
     import os
     import shutil
@@ -827,7 +829,8 @@ def serve(gallery_dir: str, key_file: str | None, host: str, port: int, workers:
                                    rate_per_minute=rate_per_minute, request_timeout_s=request_timeout,
                                    audit_workers=audit_workers, max_body_bytes=max_body_mb * 2**20,
                                    max_images_per_request=max_images, max_image_pixels=max_pixels, cluster=cluster,
-                                   report_key=None if report_key is None else Path(report_key))
+                                   report_key=None if report_key is None else Path(report_key),
+                                   jobs_dir=None if jobs_dir is None else Path(jobs_dir))
         Gallery.open(gallery_dir, key_file=key_file).close()  # a wrong key or a failed seal: say so before starting
     except FaceauditError as exc:
         raise click.ClickException(str(exc)) from exc
