@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -47,3 +48,13 @@ def engine() -> Engine:
     from faceaudit.api import load_engine
 
     return load_engine()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A gallery's database, each test run on both: None for the default SQLite file in the gallery folder,
+    else a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    yield str(request.getfixturevalue("postgres_db"))

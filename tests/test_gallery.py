@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -35,15 +34,6 @@ SEARCH = {"purpose": "duplicate enrolment check", "legal_basis": "Art. 6(1)(c)"}
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.normal(size=(n, DIM)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    """None: the default SQLite file in the gallery folder; else a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    yield str(request.getfixturevalue("postgres_db"))
 
 
 @pytest.fixture

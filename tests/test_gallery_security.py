@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import stat
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,6 @@ SEARCH_POLICY = Policy.from_dict({
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.normal(size=(n, DIM)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None: the default SQLite file in the gallery folder; else a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    yield str(request.getfixturevalue("postgres_db"))
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
 from faceaudit.gallery.gallery import INDEX_FILE
 from faceaudit.gallery.index import SearchIndex
@@ -20,14 +18,6 @@ from service_support import CONSENT, Server, auth, faces, make_setup, serve
 
 N_REQUESTS = 48
 IN_FLIGHT = 8
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        yield str(request.getfixturevalue("postgres_db"))
 
 
 def test_kill_9_during_an_enrol_batch_leaves_a_consistent_gallery(tmp_path: Path, database: str | None) -> None:
