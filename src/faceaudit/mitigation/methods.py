@@ -1,0 +1,380 @@
+"""Post-hoc mitigations of demographic differentials: group thresholds, Fair Score Normalization, FairCal.
+
+Each method is a fit / apply pair. ``fit_*`` takes calibration images: embeddings (N, D) of unit
+vectors, subject ids (N,) and, for group thresholds only, group codes (N,); it compares every pair of
+those images and returns a fitted calibration (:class:`faceaudit.mitigation.base.Calibration`): per-image
+codes and a score transform, after which one global threshold decides.
+
+Which calibration pairs. For a cluster or group c, "the pairs of c" are:
+
+- group thresholds: the impostor pairs with both images in group c (FMR_g is measured on those);
+- FSN and FairCal: the pairs with at least one image in cluster c, as in the FairCal authors' code
+  (github.com/tiagosalvador/faircal, ``approaches.py``, which also implements FSN for their comparison).
+
+Refusals. A method that cannot be fitted on the data raises :class:`MitigationRefused` (an
+:class:`faceaudit.errors.InputError`) with a machine-readable ``reason``: ``needs_labels`` (group
+thresholds without every image's group), ``group_too_small`` (a group with too few impostor pairs for its
+threshold at the FMR), and for the clustered methods ``too_few_subjects`` and ``cluster_too_small``
+(:mod:`faceaudit.mitigation.clusters`, which also says how the number of clusters is chosen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from faceaudit.errors import InputError
+from faceaudit.mitigation.base import (
+    Calibration,
+    MitigationRefused,
+    PairCounts,
+    TopK,
+    blocks,
+    needed_pairs,
+    pair_counts,
+    prepare,
+    rank,
+    require_labels,
+)
+from faceaudit.mitigation.beta import BetaMap, expit, features, fit_beta
+from faceaudit.mitigation.clusters import cluster
+from faceaudit.mitigation.kmeans import nearest
+
+
+def _offset_transform(offsets: np.ndarray, scores: np.ndarray, code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.asarray(scores, np.float64) - 0.5 * (offsets[code_a] + offsets[code_b])
+    return out
+
+
+@dataclass(frozen=True)
+class GroupThresholds:
+    """One threshold per group for the same target FMR, as a score offset.
+
+    thr_g: the threshold at the target FMR over the calibration impostor pairs with both images in g;
+    thr_G: over all calibration impostor pairs; Delta_g = thr_g - thr_G. Mitigated score
+    s'_ij = s_ij - (Delta_g(i) + Delta_g(j)) / 2, so at a global threshold t a pair within group g is
+    accepted when s_ij >= t + Delta_g: at t = thr_G, exactly its group's threshold. A pair across
+    groups gets the mean of the two offsets (the method defines no cross-group threshold; this is the
+    same rule as FSN's). It is the group-specific thresholds (GST) baseline of Salvador et al. 2022
+    (``gst`` in their code), there applied to within-group pairs only.
+
+    A what-if: it needs each person's group at decision time, which is often unlawful to collect or
+    use (e.g. GDPR art. 9 special categories); reports must say so (``needs_labels``).
+    """
+
+    target_fmr: float
+    global_threshold: float
+    thresholds: np.ndarray  # (G,) thr_g; NaN for a group without calibration people
+    impostor_pairs: np.ndarray  # (G,) within-group calibration impostor pairs
+    subjects: np.ndarray  # (G,) calibration people per group
+    method: ClassVar[str] = "group_thresholds"
+    needs_labels: ClassVar[bool] = True
+
+    @property
+    def offsets(self) -> np.ndarray:
+        out: np.ndarray = self.thresholds - self.global_threshold
+        return out
+
+    def codes(self, embeddings: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        g = require_labels(self.method, len(embeddings), groups)
+        unseen = (g >= len(self.thresholds)) | ~np.isfinite(self.thresholds[np.minimum(g, len(self.thresholds) - 1)])
+        if unseen.any():
+            raise MitigationRefused(self.method, "group_too_small",
+                                    f"{int(unseen.sum())} images are in groups that had no threshold "
+                                    "(no calibration people)")
+        return g
+
+    def transform(self, scores: np.ndarray, code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
+        return _offset_transform(self.offsets, scores, code_a, code_b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "target_fmr": self.target_fmr, "global_threshold": self.global_threshold,
+                "group_thresholds": self.thresholds.tolist(), "offsets": self.offsets.tolist(),
+                "impostor_pairs": self.impostor_pairs.tolist(), "subjects": self.subjects.tolist(),
+                "needs_labels_at_decision": True}
+
+
+def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None,
+                         target_fmr: float) -> GroupThresholds:
+    """Fit :class:`GroupThresholds` on calibration people (groups coded 0..G-1; -1 = no label: refused)."""
+    method = GroupThresholds.method
+    e, subj = prepare(embeddings, subjects)
+    g = require_labels(method, len(e), groups)
+    n_groups = int(g.max()) + 1
+    counts = pair_counts(subj, g, n_groups)
+    need = needed_pairs(target_fmr)
+    small = [i for i in range(n_groups) if counts.images[i] > 0 and counts.within_impostor[i] < need]
+    if small:
+        raise MitigationRefused(method, "group_too_small", "groups " + ", ".join(
+            f"{i} ({int(counts.within_impostor[i])} impostor pairs)" for i in small)
+            + f" have too few calibration impostor pairs for a threshold at FMR {target_fmr:g} (need {need})")
+    if counts.impostor < need:
+        raise MitigationRefused(method, "too_few_subjects", f"{counts.impostor} calibration impostor pairs; "
+                                f"a threshold at FMR {target_fmr:g} needs {need}")
+    k_all = rank(target_fmr, counts.impostor)
+    k_g = [rank(target_fmr, int(n)) if n else 0 for n in counts.within_impostor]
+    top_all, top_g = TopK(k_all), [TopK(k) for k in k_g]
+    for blk in blocks(e, subj, g, n_groups):
+        imp = ~blk.same
+        top_all.add(blk.scores[blk.once & imp])
+        top_g[blk.code].add(blk.scores[blk.within & imp])
+    thr = np.array([top_g[i].threshold(k_g[i]) if counts.within_impostor[i] else np.nan for i in range(n_groups)])
+    return GroupThresholds(target_fmr=target_fmr, global_threshold=top_all.threshold(k_all), thresholds=thr,
+                           impostor_pairs=counts.within_impostor.copy(), subjects=counts.subjects.copy())
+
+
+# --------------------------------------------------------------------------------------- FSN
+
+
+@dataclass(frozen=True)
+class FairScoreNormalization:
+    """Fair Score Normalization (FSN).
+
+    Terhorst, Kolf, Damer, Kirchbuchner & Kuijper, "Post-comparison mitigation of demographic bias in
+    face recognition using fair score normalization", Pattern Recognition Letters 140 (2020) 332-338
+    (arXiv:2002.03592). k-means clusters of calibration embeddings; for each cluster c, thr_c is the
+    threshold at the FMR over the calibration impostor pairs with at least one image in c, thr_G the
+    threshold over all calibration impostor pairs, and Delta_c = thr_c - thr_G. The normalised score is
+
+        s'_ij = s_ij - (Delta_c(i) + Delta_c(j)) / 2,
+
+    so a cluster whose impostors score high has its scores lowered, towards the global threshold. A
+    new image takes the cluster of its nearest centre: no labels at decision time. The thresholds
+    belong to one FMR (the paper fits at the operating FMR; FairCal's authors note it must be refitted
+    per FMR), so the protocol fits FSN once per target FMR.
+    """
+
+    target_fmr: float
+    centres: np.ndarray  # (K, D)
+    global_threshold: float
+    cluster_thresholds: np.ndarray  # (K,)
+    cluster_images: np.ndarray
+    cluster_subjects: np.ndarray
+    cluster_impostor_pairs: np.ndarray
+    tried: tuple[int, ...] = ()
+    method: ClassVar[str] = "fsn"
+    needs_labels: ClassVar[bool] = False
+
+    @property
+    def offsets(self) -> np.ndarray:
+        out: np.ndarray = self.cluster_thresholds - self.global_threshold
+        return out
+
+    def codes(self, embeddings: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        return nearest(np.asarray(embeddings, np.float64), self.centres)
+
+    def transform(self, scores: np.ndarray, code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
+        return _offset_transform(self.offsets, scores, code_a, code_b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "target_fmr": self.target_fmr, "clusters": len(self.centres),
+                "clusters_tried": list(self.tried), "global_threshold": self.global_threshold,
+                "cluster_thresholds": self.cluster_thresholds.tolist(), "offsets": self.offsets.tolist(),
+                "cluster_images": self.cluster_images.tolist(), "cluster_subjects": self.cluster_subjects.tolist(),
+                "cluster_impostor_pairs": self.cluster_impostor_pairs.tolist(), "needs_labels_at_decision": False}
+
+
+def fit_fsn(embeddings: np.ndarray, subjects: np.ndarray, target_fmr: float, *, n_clusters: int | None = None,
+            seed: int = 0, min_subjects: int = 10) -> FairScoreNormalization:
+    """Fit :class:`FairScoreNormalization` at ``target_fmr`` on calibration people."""
+    method = FairScoreNormalization.method
+    e, subj = prepare(embeddings, subjects)
+    need = needed_pairs(target_fmr)
+
+    def too_small(c: PairCounts) -> list[str]:
+        return [f"cluster {i}: {int(n)} impostor pairs (a threshold at FMR {target_fmr:g} needs {need})"
+                for i, n in enumerate(c.touch_impostor) if n < need]
+
+    cl = cluster(method, e, subj, n_clusters, seed, min_subjects, too_small)
+    k_all = rank(target_fmr, cl.counts.impostor)
+    k_c = [rank(target_fmr, int(n)) for n in cl.counts.touch_impostor]
+    top_all, top_c = TopK(k_all), [TopK(k) for k in k_c]
+    for blk in blocks(e, subj, cl.labels, len(cl.centres)):
+        imp = ~blk.same
+        top_all.add(blk.scores[blk.once & imp])
+        top_c[blk.code].add(blk.scores[blk.touch & imp])
+    return FairScoreNormalization(
+        target_fmr=target_fmr, centres=cl.centres, global_threshold=top_all.threshold(k_all),
+        cluster_thresholds=np.array([t.threshold(k) for t, k in zip(top_c, k_c, strict=True)]),
+        cluster_images=cl.counts.images, cluster_subjects=cl.counts.subjects,
+        cluster_impostor_pairs=cl.counts.touch_impostor, tried=cl.tried)
+
+
+# --------------------------------------------------------------------------------------- FairCal
+
+
+@dataclass(frozen=True)
+class FairCal:
+    """FairCal: fairness calibration.
+
+    Salvador, Cairns, Voleti, Marshall & Oberman, "FairCal: Fairness calibration for face
+    verification", ICLR 2022 (arXiv:2106.03761). k-means clusters of calibration embeddings; for each
+    cluster k a beta calibration map mu_k (Kull et al. 2017, :mod:`faceaudit.mitigation.beta`) is
+    fitted on the calibration pairs with at least one image in k. A pair whose images fall in clusters
+    k1 and k2 gets the calibrated probability
+
+        c_ij = theta mu_k1(s_ij) + (1 - theta) mu_k2(s_ij),   theta = |S_k1| / (|S_k1| + |S_k2|),
+
+    with |S_k| the number of calibration pairs of cluster k (the paper's "relative population
+    fraction"); decisions compare c_ij with one global threshold, set for the target FMR. No labels
+    at decision time, and one fit serves every FMR.
+
+    Two choices of ours, for all-pairs data. Impostor pairs outnumber genuine ones by far (the paper's
+    RFW and BFW pair lists are balanced), so each cluster's fit weighs the two classes equally
+    (class-balanced weights, as scikit-learn's ``class_weight="balanced"``) and uses at most
+    ``max_impostors`` of its impostor pairs, drawn uniformly with a seeded generator: otherwise the
+    calibrated value would carry each cluster's own genuine/impostor ratio, which depends on how many
+    images per person it holds rather than on how alike faces are. theta uses the full pair counts.
+    """
+
+    centres: np.ndarray  # (K, D)
+    maps: np.ndarray  # (K, 3): a, b, c of each cluster's beta map
+    pair_weights: np.ndarray  # (K,) |S_k|: calibration pairs with at least one image in k
+    cluster_images: np.ndarray
+    cluster_subjects: np.ndarray
+    genuine_pairs: np.ndarray
+    impostor_pairs: np.ndarray
+    impostors_used: np.ndarray
+    tried: tuple[int, ...] = ()
+    method: ClassVar[str] = "faircal"
+    needs_labels: ClassVar[bool] = False
+
+    def beta_map(self, k: int) -> BetaMap:
+        a, b, c = self.maps[k]
+        return BetaMap(float(a), float(b), float(c))
+
+    def codes(self, embeddings: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        return nearest(np.asarray(embeddings, np.float64), self.centres)
+
+    def transform(self, scores: np.ndarray, code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
+        x1, x2 = features(scores)
+
+        def mu(k: np.ndarray) -> np.ndarray:
+            return expit(self.maps[k, 0] * x1 + self.maps[k, 1] * x2 + self.maps[k, 2])
+
+        wa, wb = self.pair_weights[code_a], self.pair_weights[code_b]
+        out: np.ndarray = (wa * mu(code_a) + wb * mu(code_b)) / (wa + wb)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "clusters": len(self.centres), "clusters_tried": list(self.tried),
+                "beta_maps": [{"a": float(a), "b": float(b), "c": float(c)} for a, b, c in self.maps],
+                "pair_weights": self.pair_weights.tolist(), "cluster_images": self.cluster_images.tolist(),
+                "cluster_subjects": self.cluster_subjects.tolist(), "genuine_pairs": self.genuine_pairs.tolist(),
+                "impostor_pairs": self.impostor_pairs.tolist(), "impostors_used": self.impostors_used.tolist(),
+                "needs_labels_at_decision": False}
+
+
+def fit_faircal(embeddings: np.ndarray, subjects: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
+                min_subjects: int = 10, min_genuine: int = 10, max_impostors: int = 50_000,
+                ridge: float = 1e-3) -> FairCal:
+    """Fit :class:`FairCal` on calibration people (``min_genuine``: genuine pairs each cluster's map needs)."""
+    method = FairCal.method
+    e, subj = prepare(embeddings, subjects)
+
+    def too_small(c: PairCounts) -> list[str]:
+        return [f"cluster {i}: {int(n)} genuine pairs (its calibration map needs {min_genuine})"
+                for i, n in enumerate(c.touch_genuine) if n < min_genuine]
+
+    cl = cluster(method, e, subj, n_clusters, seed, min_subjects, too_small)
+    k = len(cl.centres)
+    rate = np.minimum(1.0, max_impostors / np.maximum(cl.counts.touch_impostor, 1))
+    rng = np.random.default_rng([seed, 0xFC, 1])  # 3 entries: never a bootstrap stream
+    gen: list[list[np.ndarray]] = [[] for _ in range(k)]
+    imp: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for blk in blocks(e, subj, cl.labels, k):
+        g = blk.scores[blk.touch & blk.same]
+        i = blk.scores[blk.touch & ~blk.same]
+        gen[blk.code].append(g)
+        imp[blk.code].append(i[rng.random(len(i)) < rate[blk.code]] if rate[blk.code] < 1 else i)
+    maps = np.zeros((k, 3))
+    used = np.zeros(k, np.int64)
+    for c in range(k):
+        g, i = np.concatenate(gen[c]), np.concatenate(imp[c])
+        used[c] = len(i)
+        n = len(g) + len(i)
+        w = np.concatenate([np.full(len(g), n / (2 * len(g))), np.full(len(i), n / (2 * len(i)))])
+        bm = fit_beta(np.concatenate([g, i]), np.r_[np.ones(len(g), bool), np.zeros(len(i), bool)], w, ridge)
+        maps[c] = (bm.a, bm.b, bm.c)
+    counts = cl.counts
+    return FairCal(centres=cl.centres, maps=maps, pair_weights=(counts.touch_genuine + counts.touch_impostor),
+                   cluster_images=counts.images, cluster_subjects=counts.subjects, genuine_pairs=counts.touch_genuine,
+                   impostor_pairs=counts.touch_impostor, impostors_used=used, tried=cl.tried)
+
+
+# --------------------------------------------------------------------------------------- method specs
+
+
+class Method(Protocol):
+    """How to fit one mitigation on calibration people (what the cross-validation protocol calls)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def per_target(self) -> bool:  # fitted once per target FMR (else once, for every FMR)
+        ...
+
+    @property
+    def needs_labels(self) -> bool: ...
+
+    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
+            seed: int) -> Calibration: ...
+
+
+@dataclass(frozen=True)
+class GroupThresholdsMethod:
+    name: str = "group_thresholds"
+    per_target: bool = True
+    needs_labels: bool = True
+
+    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
+            seed: int) -> Calibration:
+        return fit_group_thresholds(embeddings, subjects, groups, target_fmr)
+
+
+@dataclass(frozen=True)
+class FsnMethod:
+    n_clusters: int | None = None
+    min_subjects: int = 10
+    name: str = "fsn"
+    per_target: bool = True
+    needs_labels: bool = False
+
+    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
+            seed: int) -> Calibration:
+        return fit_fsn(embeddings, subjects, target_fmr, n_clusters=self.n_clusters, seed=seed,
+                       min_subjects=self.min_subjects)
+
+
+@dataclass(frozen=True)
+class FairCalMethod:
+    n_clusters: int | None = None
+    min_subjects: int = 10
+    min_genuine: int = 10
+    max_impostors: int = 50_000
+    name: str = "faircal"
+    per_target: bool = False
+    needs_labels: bool = False
+
+    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
+            seed: int) -> Calibration:
+        return fit_faircal(embeddings, subjects, n_clusters=self.n_clusters, seed=seed,
+                           min_subjects=self.min_subjects, min_genuine=self.min_genuine,
+                           max_impostors=self.max_impostors)
+
+
+METHOD_NAMES = ("group_thresholds", "fsn", "faircal")
+
+
+def method(name: str, n_clusters: int | None = None) -> Method:
+    """The built-in method called ``name`` (one of :data:`METHOD_NAMES`)."""
+    if name == "group_thresholds":
+        return GroupThresholdsMethod()
+    if name == "fsn":
+        return FsnMethod(n_clusters=n_clusters)
+    if name == "faircal":
+        return FairCalMethod(n_clusters=n_clusters)
+    raise InputError(f"unknown mitigation method {name!r}; choose from {', '.join(METHOD_NAMES)}")

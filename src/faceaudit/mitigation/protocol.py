@@ -1,0 +1,391 @@
+"""Measuring a mitigation honestly: k-fold cross-validation by subject, pooled over folds, paired intervals.
+
+Protocol (:func:`cross_validate`).
+
+1. Folds by subject. People are dealt into ``folds`` folds (default 5) by a generator seeded with
+   ``(seed, 0xF01D, 1)``: shuffled within their group, then round-robin, so every fold has a share of every
+   group and fold sizes differ by at most one person per group.
+2. For fold f, every method is fitted on the images of the people of the other folds only (checked in
+   code: :func:`check_disjoint`), then applied to all pairs among the images of fold f's people (each
+   image compared with every other; genuine = same subject).
+3. In each fold and for each target FMR, the system measured (the unmitigated scores, or a method's
+   mitigated scores) gets its global threshold for the target from the held-out fold's impostor pairs,
+   as an audit of that system would set it; only the operating point comes from the held-out people,
+   never a mitigation parameter. A pair matches when its score reaches its fold's threshold.
+4. Pooling: false matches, false non-matches and pair counts are summed over the held-out folds (each
+   held-out pair counted once, pairs across folds are never compared) and rates are computed from the
+   sums: FMR_g, FNMR_g per group, the summary measures (:func:`faceaudit.metrics.summary.summarise`),
+   overall TAR = 1 - FNMR over every genuine pair, and the overall FMR achieved.
+5. Differences, method minus unmitigated, per group and per summary measure, and for TAR, with a paired
+   subject-level bootstrap (:mod:`faceaudit.metrics.comparison`): each replicate resamples the pooled
+   held-out people within their group (:func:`faceaudit.metrics.bootstrap.stratified_draws`), the same
+   people for both systems, and recounts both systems' decisions on the resampled people
+   (:func:`faceaudit.metrics.bootstrap.replicate_counts`, fold by fold, summed). A change is claimed
+   only when its 95% interval excludes zero (:func:`faceaudit.metrics.comparison.call`). Calibrations
+   and thresholds stay fixed in the replicates: the intervals say how much the result depends on which
+   people were measured, not how much the calibration itself would vary with other calibration people.
+
+Decisions enter the bootstrap machinery as margins m = s - t (score minus its fold's threshold), so
+every fold's decisions are "m >= 0" and one exact threshold, 0, serves all folds.
+
+A method that refuses in any fold (:class:`faceaudit.mitigation.base.MitigationRefused`) is reported as
+refused at that target, with its reason; the others go on. Same inputs and seed, same ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from faceaudit.errors import InputError
+from faceaudit.metrics.bootstrap import ReplicateCounts, percentile_interval, replicate_counts, subject_draws
+from faceaudit.metrics.comparison import SUMMARY_MEASURES, PairedDifference
+from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES, Threshold
+from faceaudit.metrics.summary import summarise
+from faceaudit.mitigation.base import Calibration, MitigationRefused, threshold_at_fmr, unit_rows
+from faceaudit.mitigation.methods import METHOD_NAMES, Method, method
+from faceaudit.mitigation.result import UNMITIGATED, Fold, MethodResult, MitigationResult, SystemResult, rates
+from faceaudit.scoring.groups import UNKNOWN, Grouping, cell_index
+from faceaudit.scoring.stats import PairStatistics, ScoreBins
+
+_BINS = ScoreBins(-4.0, 4.0, 200)  # margins; counts above the threshold come from the exact tail, not the bins
+_TINY32 = np.nextafter(np.float32(0), np.float32(1))
+#: Random streams are keyed (seed, tag, ...) with 3 entries so they never meet the bootstrap's (seed, r).
+_FOLD_STREAM = 0xF01D
+
+
+def subject_folds(strata: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold (0..folds-1) of each subject, dealt within each stratum (step 1 of the module docstring)."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng([seed, _FOLD_STREAM, 1])
+    out = np.empty(len(strata), np.int64)
+    pos = 0
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        members = members[rng.permutation(len(members))]
+        out[members] = (pos + np.arange(len(members))) % folds
+        pos += len(members)
+    return out
+
+
+def check_disjoint(calibration_subjects: np.ndarray, held_out_subjects: np.ndarray) -> None:
+    """Raise if any person is both a calibration person and a held-out person of one fold."""
+    both = np.intersect1d(np.asarray(calibration_subjects), np.asarray(held_out_subjects))
+    if len(both):
+        raise RuntimeError(f"fold leak: {len(both)} people are in both the calibration and the held-out set")
+
+
+@dataclass
+class _Tally:
+    """One system at one target FMR, summed over folds."""
+
+    replicates: ReplicateCounts | None = None
+    observed: ReplicateCounts | None = None
+    genuine_per_subject: np.ndarray | None = None  # every genuine pair (any groups), for the overall TAR
+    misses_per_subject: np.ndarray | None = None
+    false_matches_all: int = 0
+    impostor_pairs_all: int = 0
+    thresholds: list[float] = field(default_factory=list)
+
+    def add(self, rep: ReplicateCounts | None, obs: ReplicateCounts, gen: np.ndarray, miss: np.ndarray, fm_all: int,
+            imp_all: int, threshold: float) -> None:
+        self.replicates = _sum_counts(self.replicates, rep)
+        self.observed = _sum_counts(self.observed, obs)
+        self.genuine_per_subject = gen if self.genuine_per_subject is None else self.genuine_per_subject + gen
+        self.misses_per_subject = miss if self.misses_per_subject is None else self.misses_per_subject + miss
+        self.false_matches_all += fm_all
+        self.impostor_pairs_all += imp_all
+        self.thresholds.append(threshold)
+
+
+def _sum_counts(a: ReplicateCounts | None, b: ReplicateCounts | None) -> ReplicateCounts | None:
+    if a is None or b is None:
+        return b if a is None else a
+    oa, ob = a.observed, b.observed
+    return ReplicateCounts(a.false_matches + b.false_matches, a.impostor_pairs + b.impostor_pairs,
+                           a.false_non_matches + b.false_non_matches, a.genuine_pairs + b.genuine_pairs,
+                           (oa[0] + ob[0], oa[1] + ob[1], oa[2] + ob[2], oa[3] + ob[3]))
+
+
+@dataclass(frozen=True)
+class _FoldPairs:
+    """All pairs among one fold's held-out images (upper triangle), with what counting needs."""
+
+    scores: np.ndarray  # raw cosine, float64
+    i: np.ndarray  # positions in the held-out image list
+    j: np.ndarray
+    same: np.ndarray
+    cells: np.ndarray
+    subject_a: np.ndarray  # global subject codes
+    subject_b: np.ndarray
+
+
+def _margins32(margin: np.ndarray) -> np.ndarray:
+    """float32 margins with the sign of the float64 ones (a tiny negative must not round to -0.0 >= 0)."""
+    m32 = margin.astype(np.float32)
+    m32[(margin < 0) & (m32 >= 0)] = -_TINY32
+    return m32
+
+
+def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_groups: int, n_sg_fold: np.ndarray,
+                draws: np.ndarray | None) -> tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray,
+                                                   int, int]:
+    """Counts of one fold for one system: replicate and observed per-group counts, per-subject genuine counts."""
+    m32 = _margins32(margin)
+    imp = ~fp.same
+    acc = imp & (margin >= 0)
+    stats = PairStatistics(n_groups=n_groups, bins=_BINS, top_k=max(1, int(acc.sum())))
+    # Accepted impostors first, then compact: the tail floor becomes the smallest accepted margin (>= 0),
+    # so rejected ones only enter the histogram and the tail holds exactly the false matches.
+    stats.add_impostor_pairs(m32[acc], fp.cells[acc], fp.subject_a[acc], fp.subject_b[acc])
+    _ = stats.tail_score
+    rej = imp & ~acc
+    stats.add_impostor_pairs(m32[rej], fp.cells[rej], fp.subject_a[rej], fp.subject_b[rej])
+    stats.add_genuine(m32[fp.same], fp.cells[fp.same], fp.subject_a[fp.same])
+    thr = Threshold(0.0, True, int(acc.sum()), int(imp.sum()))
+    n_s = n_sg_fold.shape[0]
+    obs = replicate_counts(stats, n_sg_fold, thr, np.ones((1, n_s)))
+    rep = None if draws is None else replicate_counts(stats, n_sg_fold, thr, draws)
+    gen = np.bincount(fp.subject_a[fp.same], minlength=n_s).astype(np.float64)
+    miss = np.bincount(fp.subject_a[fp.same & (margin < 0)], minlength=n_s).astype(np.float64)
+    return rep, obs, gen, miss, int(acc.sum()), int(imp.sum())
+
+
+def _summaries(labels: list[str], rc: ReplicateCounts, alpha: float) -> np.ndarray:
+    out = np.full((len(rc.false_matches), len(SUMMARY_MEASURES)), np.nan)
+    for r in range(len(out)):
+        s = summarise(labels, rc.false_matches[r], rc.impostor_pairs[r], rc.false_non_matches[r],
+                      rc.genuine_pairs[r], alpha)
+        out[r] = [getattr(s, m) for m in SUMMARY_MEASURES]
+    return out
+
+
+def _resolve(methods: Sequence[str | Method], n_clusters: int | None) -> list[Method]:
+    out = [method(m, n_clusters) if isinstance(m, str) else m for m in methods]
+    names = [m.name for m in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"a mitigation method is named twice: {names}")
+    return out
+
+
+@dataclass(frozen=True)
+class _Replicates:
+    """A system's statistics in each bootstrap replicate (rows): what paired differences subtract."""
+
+    fmr: np.ndarray  # (R, G)
+    fnmr: np.ndarray  # (R, G)
+    tar: np.ndarray  # (R,)
+    summary: np.ndarray  # (R, len(SUMMARY_MEASURES))
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = percentile_interval(values[:, None], confidence)[0]
+    return float(lo), float(hi)
+
+
+def _system(name: str, target: float, t: _Tally, labels: list[str], alpha: float, draws: np.ndarray | None,
+            confidence: float) -> tuple[SystemResult, _Replicates | None]:
+    """A system's pooled result, and its replicates (None without the bootstrap)."""
+    assert t.observed is not None and t.genuine_per_subject is not None and t.misses_per_subject is not None
+    fm, imp, fnm, gen = (x[0] for x in (t.observed.false_matches, t.observed.impostor_pairs,
+                                         t.observed.false_non_matches, t.observed.genuine_pairs))
+    g = len(labels)
+    fmr_ci, fnmr_ci = np.full((g, 2), np.nan), np.full((g, 2), np.nan)
+    summary_ci = {m: (np.nan, np.nan) for m in SUMMARY_MEASURES}
+    tar_ci = (np.nan, np.nan)
+    reps = None
+    n_gen = t.genuine_per_subject.sum()
+    tar = 1.0 - t.misses_per_subject.sum() / n_gen if n_gen else np.nan
+    if draws is not None and t.replicates is not None:
+        rc = t.replicates
+        reps = _Replicates(fmr=rates(rc.false_matches, rc.impostor_pairs),
+                           fnmr=rates(rc.false_non_matches, rc.genuine_pairs),
+                           tar=1.0 - rates(draws @ t.misses_per_subject, draws @ t.genuine_per_subject),
+                           summary=_summaries(labels, rc, alpha))
+        fmr_ci, fnmr_ci = percentile_interval(reps.fmr, confidence), percentile_interval(reps.fnmr, confidence)
+        for k in range(g):  # zero observed errors: the rule-of-3 interval (resampling zeros gives only zeros)
+            if fm[k] == 0 and imp[k] > 0:
+                fmr_ci[k] = (0.0, min(1.0, 3.0 / imp[k]))
+            if fnm[k] == 0 and gen[k] > 0:
+                fnmr_ci[k] = (0.0, min(1.0, 3.0 / gen[k]))
+        sci = percentile_interval(reps.summary, confidence)
+        summary_ci = {m: (float(sci[i, 0]), float(sci[i, 1])) for i, m in enumerate(SUMMARY_MEASURES)}
+        tar_ci = _interval(reps.tar, confidence)
+    res = SystemResult(
+        name=name, target_fmr=target, thresholds=tuple(t.thresholds), false_matches=fm, impostor_pairs=imp,
+        false_non_matches=fnm, genuine_pairs=gen, fmr_ci=fmr_ci, fnmr_ci=fnmr_ci,
+        summary=summarise(labels, fm, imp, fnm, gen, alpha), summary_ci=summary_ci, tar=float(tar), tar_ci=tar_ci,
+        fmr=t.false_matches_all / t.impostor_pairs_all if t.impostor_pairs_all else float("nan"))
+    return res, reps
+
+
+def _difference(a: SystemResult, b: SystemResult, reps_a: _Replicates | None, reps_b: _Replicates | None,
+                labels: list[str], replicates: int,
+                confidence: float) -> tuple[PairedDifference, float, tuple[float, float]]:
+    """b - a per group, per summary measure and for TAR, with paired intervals (NaN without replicates)."""
+    g = len(labels)
+    fci, nci = np.full((g, 2), np.nan), np.full((g, 2), np.nan)
+    summary_ci = {m: (np.nan, np.nan) for m in SUMMARY_MEASURES}
+    tar_ci = (np.nan, np.nan)
+    if reps_a is not None and reps_b is not None:
+        fci = percentile_interval(reps_b.fmr - reps_a.fmr, confidence)
+        nci = percentile_interval(reps_b.fnmr - reps_a.fnmr, confidence)
+        sci = percentile_interval(reps_b.summary - reps_a.summary, confidence)
+        summary_ci = {m: (float(sci[i, 0]), float(sci[i, 1])) for i, m in enumerate(SUMMARY_MEASURES)}
+        tar_ci = _interval(reps_b.tar - reps_a.tar, confidence)
+    diff = PairedDifference(
+        labels=labels, fmr_diff=b.group_fmr - a.group_fmr, fmr_diff_ci=fci, fnmr_diff=b.group_fnmr - a.group_fnmr,
+        fnmr_diff_ci=nci, summary_diff={m: float(getattr(b.summary, m) - getattr(a.summary, m))
+                                        for m in SUMMARY_MEASURES},
+        summary_diff_ci=summary_ci, replicates=replicates, confidence=confidence)
+    return diff, b.tar - a.tar, tar_ci
+
+
+def cross_validate(
+    embeddings: np.ndarray,
+    subjects: np.ndarray,
+    grouping: Grouping,
+    methods: Sequence[str | Method] = METHOD_NAMES,
+    target_fmrs: Sequence[float] = (1e-3, 1e-4),
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    replicates: int = 1000,
+    confidence: float = 0.95,
+    alpha: float = 0.5,
+    n_clusters: int | None = None,
+) -> MitigationResult:
+    """Fit each mitigation on other people and measure it on held-out people (module docstring).
+
+    ``embeddings`` (N, D) (L2-normalised here), ``subjects`` (N,) ids, ``grouping`` the demographic groups
+    of the same rows (an ``unknown`` label is a group for measuring, but group thresholds refuse it: they
+    need each person's group). ``methods``: built-in names (:data:`METHOD_NAMES`) or :class:`Method`
+    objects; ``n_clusters`` applies to the built-in FSN and FairCal (None: chosen from the data).
+    ``replicates`` = 0 switches the bootstrap off (no intervals, no calls). A method's ``fit`` receives
+    the calibration rows' embeddings, subject codes (positions in the sorted ids) and group codes (-1
+    for an unknown label), the target FMR and ``seed``.
+    """
+    emb = unit_rows(embeddings)
+    n = len(emb)
+    gidx = np.asarray(grouping.index, np.int64)
+    if len(subjects) != n or gidx.shape != (n,):
+        raise InputError(f"{n} embeddings, {len(subjects)} subject ids and {gidx.shape} group codes do not "
+                         "describe the same images")
+    if folds < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
+    labels = list(grouping.labels)
+    n_groups = len(labels)
+    subject_ids, subj = np.unique(np.asarray(subjects), return_inverse=True)
+    subj = subj.ravel().astype(np.int64)
+    n_subjects = int(subj.max()) + 1
+    if n_subjects < 2 * folds:
+        raise MitigationRefused("mitigation", "too_few_subjects",
+                                f"{n_subjects} people cannot make {folds} folds of at least 2 people each")
+    n_sg = np.zeros((n_subjects, n_groups))
+    np.add.at(n_sg, (subj, gidx), 1)
+    fold_of = subject_folds(np.argmax(n_sg, axis=1), folds, seed)
+    unknown = np.array([UNKNOWN in grouping.values(g).values() for g in range(n_groups)], bool)
+    method_groups = np.where(unknown[gidx], -1, gidx)  # group thresholds must not treat "unknown" as a group
+    mlist = _resolve(methods, n_clusters)
+    targets = sorted({float(t) for t in target_fmrs}, reverse=True)
+    draws = subject_draws(np.argmax(n_sg, axis=1), replicates, seed) if replicates > 0 else None
+
+    # the held-out folds' pairs, and which targets every fold supports
+    fold_info: list[Fold] = []
+    held_sets = []
+    for f in range(folds):
+        held = np.flatnonzero(fold_of[subj] == f)
+        cal = np.flatnonzero(fold_of[subj] != f)
+        check_disjoint(np.unique(subj[cal]), np.unique(subj[held]))
+        held_sets.append((held, cal))
+        m_u = np.bincount(subj[held], minlength=n_subjects)
+        gen = int((m_u * (m_u - 1) // 2).sum())
+        fold_info.append(Fold(f, int((m_u > 0).sum()), len(held), len(np.unique(subj[cal])), len(cal),
+                              len(held) * (len(held) - 1) // 2 - gen, gen))
+    min_imp = min(fi.impostor_pairs for fi in fold_info)
+    skipped = tuple({"target_fmr": t, "reason": f"a held-out fold has {min_imp:,} impostor pairs: fewer than "
+                     f"{MIN_EXPECTED_FALSE_MATCHES} expected false matches"} for t in targets
+                    if t * min_imp < MIN_EXPECTED_FALSE_MATCHES)
+    targets = [t for t in targets if t * min_imp >= MIN_EXPECTED_FALSE_MATCHES]
+    if not targets:
+        raise MitigationRefused("mitigation", "too_few_subjects", f"no target FMR is supported: {skipped[0]['reason']}")
+
+    tallies: dict[tuple[str, float], _Tally] = {}
+    refused: dict[tuple[str, float], dict[str, Any]] = {}
+    fitted: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for f, (held, cal) in enumerate(held_sets):
+        i, j = np.triu_indices(len(held), k=1)
+        e = emb[held]
+        s = (e @ e.T)[i, j].astype(np.float64)
+        sa, sb = subj[held][i], subj[held][j]
+        fp = _FoldPairs(s, i, j, sa == sb, cell_index(gidx[held][i], gidx[held][j], n_groups), sa, sb)
+        n_sg_fold = np.where((fold_of == f)[:, None], n_sg, 0.0)
+
+        def measure(name: str, target: float, scores: np.ndarray, fp: _FoldPairs = fp,
+                    n_sg_fold: np.ndarray = n_sg_fold) -> None:
+            t = threshold_at_fmr(scores[~fp.same], target)
+            counts = _count_fold(scores - t, fp, n_groups, n_sg_fold, draws)
+            tallies.setdefault((name, target), _Tally()).add(*counts, threshold=t)
+
+        for target in targets:
+            measure(UNMITIGATED, target, s)
+        for m in mlist:
+            live = [t for t in targets if (m.name, t) not in refused]
+            for fit_target in (live if m.per_target else live[:1]):
+                try:
+                    c: Calibration = m.fit(emb[cal], subj[cal], method_groups[cal], fit_target, seed)
+                    code = c.codes(e, method_groups[held])
+                    mitigated = c.transform(s, code[i], code[j])
+                except MitigationRefused as err:
+                    for t in (live if not m.per_target else [fit_target]):
+                        refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": f}
+                    continue
+                for t in ([fit_target] if m.per_target else live):
+                    fitted.setdefault((m.name, t), []).append({"fold": f, **c.to_dict()})
+                    measure(m.name, t, mitigated)
+
+    base: dict[float, SystemResult] = {}
+    results: list[MethodResult] = []
+    for target in targets:
+        b, reps_b = _system(UNMITIGATED, target, tallies[(UNMITIGATED, target)], labels, alpha, draws, confidence)
+        base[target] = b
+        for m in mlist:
+            key = (m.name, target)
+            if key in refused:
+                results.append(MethodResult(m.name, target, m.needs_labels, None, None, refused=refused[key],
+                                            calibrations=tuple(fitted.get(key, []))))
+                continue
+            sys_m, reps_m = _system(m.name, target, tallies[key], labels, alpha, draws, confidence)
+            diff, tar_diff, tar_ci = _difference(b, sys_m, reps_b, reps_m, labels, replicates, confidence)
+            results.append(MethodResult(m.name, target, m.needs_labels, sys_m, diff, tar_diff, tar_ci,
+                                        calibrations=tuple(fitted[key])))
+    settings = {"folds": folds, "seed": seed, "target_fmrs": targets, "alpha": alpha, "n_clusters": n_clusters,
+                "methods": [m.name for m in mlist], "bootstrap": None if draws is None else {
+                    "replicates": replicates, "confidence": confidence, "resampling": "subjects within groups, "
+                    "the same people for both systems"}}
+    return MitigationResult(tuple(labels), settings, tuple(fold_info), base, tuple(results), skipped,
+                            _notes(folds, seed, mlist, draws is not None), subject_ids, fold_of)
+
+
+def _notes(folds: int, seed: int, mlist: Sequence[Method], bootstrap: bool) -> tuple[str, ...]:
+    notes = [
+        f"Cross-validated by subject: {folds} folds (seed {seed}); each fold's mitigation was fitted on the other "
+        "folds' people only and measured on all pairs among the held-out fold's people; no person is in both.",
+        "Pooled over folds: error and pair counts are summed over the held-out folds (each held-out pair counted "
+        "once; pairs across folds are not compared) and rates are computed from the sums.",
+        "Operating point: in each fold, each system's global threshold for the target FMR is set on the held-out "
+        "fold's impostor pairs of that system, as an audit of it would; mitigation parameters never see held-out "
+        "people.",
+    ]
+    if bootstrap:
+        notes.append("Intervals: paired subject-level bootstrap of the held-out people (the same people for both "
+                     "systems in each replicate), with each fold's calibration and thresholds held fixed; a change is "
+                     "claimed only when its interval excludes zero. They do not include the variability of the "
+                     "calibration itself.")
+    if any(m.needs_labels for m in mlist):
+        notes.append("Group thresholds need each person's demographic group at decision time, which is often "
+                     "unlawful to collect or use: a what-if, not a deployable mitigation.")
+    return tuple(notes)
