@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from faceaudit.errors import ImageError
 from faceaudit.io.embeddings import write_embeddings
 from faceaudit.io.images import DEFAULT_MAX_PIXELS, load_image
 from faceaudit.io.manifest import FILE_COLUMN, read_inputs
+
+if TYPE_CHECKING:
+    from faceaudit.mitigation.artefact import DeployedCalibration
 
 ImageLike = str | Path | bytes | np.ndarray
 
@@ -224,12 +227,18 @@ class VerifyResult:
     calibration: str
     faces: tuple[FaceResult, FaceResult]
     failures: tuple[str, ...] = ()
+    #: with a fairness calibration (``calibration=`` of :func:`verify`): its identity (method, SHA-256, engine,
+    #: dataset); ``score`` and ``threshold`` are then calibrated, and ``raw_score`` is the plain cosine
+    fairness_calibration: dict[str, Any] | None = None
+    raw_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "match": self.match,
             "score": self.score,
+            "raw_score": self.raw_score,
             "threshold": self.threshold,
+            "fairness_calibration": self.fairness_calibration,
             "target_fmr": self.target_fmr,
             "calibrated_fmr": self.calibrated_fmr,
             "calibrated_fnmr": self.calibrated_fnmr,
@@ -246,35 +255,65 @@ def calibration_for(engine: str | None = None) -> Calibration:
     return load_calibration(engine_spec(engine).identity())
 
 
+def _fairness_calibration(calibration: DeployedCalibration | str | Path | None,
+                          engine: Engine) -> DeployedCalibration | None:
+    """The fairness calibration given (a path is loaded and checked), refused if fitted for another engine."""
+    if calibration is None:
+        return None
+    from faceaudit.mitigation.artefact import load_calibration as load_fairness_calibration
+
+    if isinstance(calibration, str | Path):
+        return load_fairness_calibration(calibration, engine.identity)
+    calibration.check_engine(engine.identity)
+    return calibration
+
+
 def verify(
-    a: ImageLike, b: ImageLike, *, fmr: float = 1e-4, engine: str | None = None,
+    a: ImageLike, b: ImageLike, *, fmr: float | None = None, engine: str | None = None,
     settings: EnrolSettings | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    calibration: DeployedCalibration | str | Path | None = None,
 ) -> VerifyResult:
     """Do images ``a`` and ``b`` show the same person, at the threshold calibrated for ``fmr``?
 
-    Score: cosine similarity of the two embeddings. Match when score >= threshold.
+    Score: cosine similarity of the two embeddings. Match when score >= threshold. ``fmr`` defaults to 1e-4.
+
+    ``calibration``: a fairness calibration (path of a ``faceaudit calibrate --method`` artefact, or one loaded
+    with :func:`faceaudit.mitigation.artefact.load_calibration`), refused if fitted for another engine. The score
+    is then the calibrated score of the pair (from both raw embeddings), the threshold the calibration's own for
+    ``fmr`` (default: the FMR it was fitted at), and the result carries its identity (``fairness_calibration``).
     """
     eng = load_engine(engine)
-    cal = load_calibration(eng.identity)
-    threshold = cal.threshold_for(fmr)
+    fair = _fairness_calibration(calibration, eng)
     rgb_a, rgb_b = _rgb(a, max_pixels), _rgb(b, max_pixels)
+    if fair is None:
+        target = 1e-4 if fmr is None else fmr
+        cal = load_calibration(eng.identity)
+        threshold = cal.threshold_for(target)
+        table_fmr, table_fnmr, dataset = cal.fmr_at, cal.fnmr_at, str(cal.source.get("dataset", ""))
+    else:
+        target = next(iter(fair.thresholds)) if fmr is None else fmr
+        threshold = fair.threshold_for(target)  # a bad fmr fails before embedding
+        table_fmr, table_fnmr, dataset = fair.fmr_at, fair.fnmr_at, str(fair.dataset.get("name", ""))
     enrolled = _with_engine(engine, lambda e: (e.enrol(rgb_a, settings)[0], e.enrol(rgb_b, settings)[0]))
     failures = tuple(f"{name}: {r.reason} ({r.message})" for name, r in zip("AB", enrolled, strict=True) if not r.ok)
-    score = None
+    score = raw = None
     if not failures:
         ea, eb = enrolled[0].embedding, enrolled[1].embedding
         assert ea is not None and eb is not None
-        score = float(np.dot(ea, eb))
+        raw = float(np.dot(ea, eb))
+        score = raw if fair is None else float(fair.score(ea, eb)[0])
     return VerifyResult(
         match=None if score is None else score >= threshold,
         score=score,
         threshold=threshold,
-        target_fmr=fmr,
-        calibrated_fmr=cal.fmr_at(threshold),
-        calibrated_fnmr=cal.fnmr_at(threshold),
-        score_fmr=None if score is None else cal.fmr_at(score),
+        target_fmr=target,
+        calibrated_fmr=table_fmr(threshold),
+        calibrated_fnmr=table_fnmr(threshold),
+        score_fmr=None if score is None else table_fmr(score),
         engine=eng.name,
-        calibration=str(cal.source.get("dataset", "")),
+        calibration=dataset,
         faces=enrolled,
         failures=failures,
+        fairness_calibration=None if fair is None else fair.provenance(),
+        raw_score=raw,
     )

@@ -41,7 +41,14 @@ def default_cache_path() -> Path:
 
 
 def config_key(identity: EngineIdentity, settings: EnrolSettings, max_pixels: int) -> str:
-    """The part of the cache key that is not the image: engine identity plus enrolment settings."""
+    """The part of the cache key that is not the image: engine identity plus enrolment settings.
+
+    A fairness calibration (``--calibration``, :mod:`faceaudit.mitigation.artefact`) is deliberately not part
+    of the key: the cache holds raw enrolment results only (embeddings, never scores), and calibrated scores are
+    computed from those raw embeddings at decision time, every time, by
+    :func:`faceaudit.mitigation.artefact.score_calibrated`. Nothing calibrated is ever stored here, so a raw and
+    a calibrated run can share the cached vectors without their scores or decisions being mixed.
+    """
     blob = json.dumps({"engine": identity.fingerprint, "settings": settings.to_dict(), "max_pixels": max_pixels},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tomli_w
@@ -71,6 +71,9 @@ from faceaudit.gallery.seal import (
 )
 from faceaudit.gallery.store import ErasureIncompleteError, Store, StoreError, TemplateRow, Tx, get_meta, set_meta
 from faceaudit.io.images import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from faceaudit.mitigation.artefact import DeployedCalibration
 
 SETTINGS = "gallery.toml"
 INDEX_FILE = "index.faiss.enc"
@@ -158,6 +161,7 @@ class SearchResult:
     gallery_size: int
     investigative_lead: bool  # the policy asks a person to review every candidate
     log_seq: int
+    calibration: dict[str, Any] | None = None  # the fairness calibration's identity, when scores are calibrated
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "candidates": [asdict(c) for c in self.candidates],
@@ -278,6 +282,7 @@ class _Shared:
     index: SearchIndex | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     synced: _Marks | None = None  # the changes the in-memory state reflects
+    calibration: DeployedCalibration | None = None  # fairness calibration of every decision (Gallery.open)
 
 
 class Gallery:
@@ -396,15 +401,22 @@ class Gallery:
 
     @classmethod
     def open(cls, folder: str | Path, *, key_file: str | Path | None = None, actor: str = "unknown",
-             role: str = "operator") -> Gallery:
-        """Open a gallery; IntegrityError if its policy or log head fails authentication (see :meth:`seal`)."""
+             role: str = "operator", calibration: DeployedCalibration | str | Path | None = None) -> Gallery:
+        """Open a gallery; IntegrityError if its policy or log head fails authentication (see :meth:`seal`).
+
+        ``calibration``: a fairness calibration (``faceaudit calibrate --method``; a path or one loaded), refused
+        (CalibrationError) unless fitted for the gallery's engine. Verify and search then decide on calibrated
+        scores against the calibration's thresholds, and log its identity with each decision."""
         f, settings, cipher, store = cls._connect(folder, key_file)
         try:
             with store.transaction() as tx:
                 problems = seal_problems(tx, cipher)
             raise_if_unsealed(f, problems)
+            fair = _fairness_calibration(calibration, store.get_meta("gallery")["engine"])
             policy = Policy.from_dict(store.get_meta("policy") or {})
-            return cls._ready(f, store, cipher, policy, settings, actor, role, key_file)
+            g = cls._ready(f, store, cipher, policy, settings, actor, role, key_file)
+            g._shared.calibration = fair
+            return g
         except BaseException:
             store.close()
             raise
@@ -743,17 +755,32 @@ class Gallery:
                 result={"template_ids": ids})
         return ids
 
+    @property
+    def calibration(self) -> DeployedCalibration | None:
+        """The fairness calibration decisions use (:meth:`open`), or None for raw scores."""
+        return self._shared.calibration
+
+    def _calibration_identity(self) -> dict[str, Any] | None:
+        cal = self._shared.calibration
+        return None if cal is None else cal.provenance()
+
     def threshold_for_fpir(self, fpir: float) -> float:
-        """The score threshold for a target FPIR at this gallery's size (module docstring)."""
+        """The score threshold for a target FPIR at this gallery's size (module docstring).
+
+        With a fairness calibration: its threshold on calibrated scores; the policy's ``min_score`` floor is a raw
+        cosine and is then applied to each candidate's raw score instead (:meth:`search`)."""
         from faceaudit.api import calibration_for
 
         n = max(1, len(self.index))
         fmr = 1.0 - (1.0 - fpir) ** (1.0 / n)
-        cal = calibration_for(self.settings.engine)
+        fair = self._shared.calibration
+        cal = calibration_for(self.settings.engine) if fair is None else fair.table
         if fmr < cal.min_fmr:
             raise InputError(f"a gallery of {n:,} templates needs a per-comparison FMR of {fmr:.2g} for FPIR "
-                             f"{fpir:g}, below the lowest the engine's calibration supports ({cal.min_fmr:.2g}); "
-                             "ask for a larger FPIR")
+                             f"{fpir:g}, below the lowest the {'engine' if fair is None else 'fairness'} "
+                             f"calibration supports ({cal.min_fmr:.2g}); ask for a larger FPIR")
+        if fair is not None:
+            return fair.threshold_for(fmr)
         t = cal.threshold_for(fmr)
         floor = self.policy.search.min_score
         return max(t, floor) if floor is not None else t
@@ -774,17 +801,41 @@ class Gallery:
                 raise InputError("give a probe image or embedding")
             probe = self._check_vectors(np.asarray(embedding, np.float32).reshape(1, -1))[0]
         with self._shared.lock:
+            fair = self._shared.calibration
             threshold = self.threshold_for_fpir(fpir)
-            found = self._search_confirmed(probe, k)
             size = len(self.index)
-            cands = [Candidate(r + 1, owner, tid, score, bool(score >= threshold))
-                     for r, (tid, owner, score) in enumerate(found)]
+            params: dict[str, Any] = {"k": k, "fpir": fpir, "threshold": threshold, "gallery_size": size}
+            if fair is None:
+                cands = [Candidate(r + 1, owner, tid, score, bool(score >= threshold))
+                         for r, (tid, owner, score) in enumerate(self._search_confirmed(probe, k))]
+            else:
+                cands = self._search_calibrated(fair, probe, k, threshold)
+                params["calibration"] = fair.provenance()
             with self._write() as tx:
                 entry = _append(tx, self.actor, self.role, "search", purpose=purpose, legal_basis=legal_basis,
-                                params={"k": k, "fpir": fpir, "threshold": threshold, "gallery_size": size},
+                                params=params,
                                 result={"candidates": [[c.subject_id, c.template_id, round(c.score, 6), c.match]
                                                        for c in cands]})
-        return SearchResult(cands, threshold, fpir, size, self.policy.search.human_review, entry.seq)
+        return SearchResult(cands, threshold, fpir, size, self.policy.search.human_review, entry.seq,
+                            self._calibration_identity())
+
+    def _search_calibrated(self, fair: DeployedCalibration, probe: np.ndarray, k: int,
+                           threshold: float) -> list[Candidate]:
+        """Candidates ranked by calibrated score: the raw top ``max(4k, k + 50)`` (the index ranks raw cosines)
+        re-scored with the calibration, the best k kept. A match needs the calibrated score at the calibrated
+        threshold and, if the policy sets one, the raw score at its ``min_score`` floor (a raw cosine)."""
+        found = self._search_confirmed(probe, max(4 * k, k + 50))
+        if not found:
+            return []
+        raw = np.array([s for _, _, s in found])
+        by_id = {r.template_id: self._decrypt(r) for r in self.store.templates_by_id([tid for tid, _, _ in found])}
+        cal = fair.score(probe, np.stack([by_id[tid] for tid, _, _ in found]))
+        order = sorted(range(len(found)), key=lambda i: (-cal[i], found[i][0]))[:k]
+        floor = self.policy.search.min_score
+        return [Candidate(r + 1, found[i][1], found[i][0], float(cal[i]),
+                          bool(cal[i] >= threshold and (floor is None or raw[i] >= floor)))
+                for r, i in enumerate(order)]
+
     def _search_confirmed(self, probe: np.ndarray, k: int) -> list[tuple[int, str, float]]:
         """``(template id, owner, score)`` of the top k, each owner confirmed by the template's own AAD.
 
@@ -817,27 +868,40 @@ class Gallery:
         return out
 
     def verify(self, subject_id: str, *, image: GalleryImage | None = None, embedding: np.ndarray | None = None,
-               fmr: float = 1e-4) -> dict[str, Any]:
-        """1:1: does the probe match any template of ``subject_id`` at the threshold for ``fmr``?"""
+               fmr: float | None = None) -> dict[str, Any]:
+        """1:1: does the probe match any template of ``subject_id`` at the threshold for ``fmr``?
+
+        ``fmr`` defaults to 1e-4, or with a fairness calibration to the FMR it was fitted at; with one, scores are
+        calibrated (the best over the subject's templates), the threshold is the calibration's, and the result and
+        the log entry carry its identity (``calibration``)."""
         from faceaudit.api import calibration_for
 
-        params = {"subject_id": subject_id, "fmr": fmr}
+        fair = self._shared.calibration
+        target = (1e-4 if fair is None else next(iter(fair.thresholds))) if fmr is None else fmr
+        params: dict[str, Any] = {"subject_id": subject_id, "fmr": target}
+        if fair is not None:
+            params["calibration"] = fair.provenance()
         self.refresh()
         self._check("verify", lambda: self.policy.allow(self.role, "verify"), params)
         check_subject_id(subject_id)
         self._take("verify", params)  # 1:1 looped over every subject id would be a 1:N search
-        threshold = calibration_for(self.settings.engine).threshold_for(fmr)  # a bad fmr fails before embedding
+        # a bad fmr fails before embedding
+        threshold = (calibration_for(self.settings.engine) if fair is None else fair).threshold_for(target)
         probe = self._embed([image])[0][0] if image is not None else self._check_vectors(
             np.asarray(embedding, np.float32).reshape(1, -1))[0]
         with self._shared.lock:  # rows and key read together: a key rotation in another thread cannot come between
             rows = self.store.templates(subject_id)
             if not rows:
                 raise UnknownSubjectError(f"no templates enrolled for {subject_id!r}")
-            best = max(float(self._decrypt(r) @ probe) for r in rows)
+            templates = np.stack([self._decrypt(r) for r in rows])
+        scores = (np.array([float(t @ probe) for t in templates]) if fair is None
+                  else fair.score(probe, templates))  # calibrated from the raw vectors, never cached
+        best = float(np.max(scores))
         with self._write() as tx:
-            _append(tx, self.actor, self.role, "verify", params={"subject_id": subject_id, "fmr": fmr},
+            _append(tx, self.actor, self.role, "verify", params=params,
                     result={"match": best >= threshold, "score": round(best, 6)})
-        return {"subject_id": subject_id, "match": best >= threshold, "score": best, "threshold": threshold}
+        return {"subject_id": subject_id, "match": best >= threshold, "score": best, "threshold": threshold,
+                "fmr": target, "calibration": None if fair is None else fair.provenance()}
 
     def delete(self, subject_id: str, *, reason: str = "erasure request",
                requested_by_subject: bool = False) -> list[int]:
@@ -1049,6 +1113,20 @@ def _integrity(store: Store, cipher: TemplateCipher, head: tuple[int, str] | Non
         problems += latest_policy_problems(tx)
     stored = stored_head(store)
     return GalleryCheck(check_chain(store, stored, head), problems, stored)
+
+
+def _fairness_calibration(calibration: DeployedCalibration | str | Path | None,
+                          engine: dict[str, Any]) -> DeployedCalibration | None:
+    """The fairness calibration given (a path is loaded and its SHA-256 checked), refused (CalibrationError)
+    unless fitted for ``engine``, the identity the gallery's templates were made with."""
+    if calibration is None:
+        return None
+    from faceaudit.mitigation.artefact import load_calibration
+
+    if isinstance(calibration, str | Path):
+        return load_calibration(calibration, engine)
+    calibration.check_engine(engine)
+    return calibration
 
 
 def _mentions(entry: LogEntry, subject_id: str) -> bool:

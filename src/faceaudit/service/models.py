@@ -68,6 +68,17 @@ class EmbedResponse(_Strict):
     results: list[EmbeddedImage]
 
 
+class CalibrationIdentityModel(_Strict):
+    """The fairness calibration a decision used (``faceaudit serve --calibration``): score and threshold are then
+    calibrated, never raw."""
+
+    method: str = Field(description="faircal or fsn")
+    sha256: str = Field(description="SHA-256 of the calibration artefact's canonical content")
+    engine: str
+    dataset: str = Field(description="the dataset it was fitted on")
+    dataset_sha256: str = Field(description="SHA-256 of the embeddings file it was fitted on")
+
+
 class VerifyResponse(_Strict):
     mode: Literal["pair", "subject"] = Field(description="two images, or an image against an enrolled subject")
     match: bool | None = Field(description="null when a face could not be enrolled (see failures)")
@@ -77,6 +88,8 @@ class VerifyResponse(_Strict):
     subject_id: str | None = None
     engine: str
     failures: list[str] = Field(default_factory=list)
+    calibration: CalibrationIdentityModel | None = Field(
+        default=None, description="the fairness calibration of score and threshold; null: raw cosine scores")
 
 
 # --- gallery ---
@@ -149,6 +162,8 @@ class SearchResponse(_Strict):
     investigative_lead: bool
     log_seq: int
     note: str | None
+    calibration: CalibrationIdentityModel | None = Field(
+        default=None, description="the fairness calibration of scores and threshold; null: raw cosine scores")
 
     @classmethod
     def of(cls, r: SearchResult) -> SearchResponse:

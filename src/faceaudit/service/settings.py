@@ -34,6 +34,7 @@ class ServiceSettings:
     audit_workers: int = 1            # audit jobs run at once per server process
     cluster: str | None = None        # Dask scheduler for audit jobs (--cluster)
     report_key: Path | None = None    # Ed25519 private key (faceaudit keygen): audit jobs' reports are signed
+    calibration: Path | None = None   # fairness calibration (faceaudit calibrate --method) of verify and search
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_image_pixels", "max_images_per_request", "rate_per_minute",

@@ -57,8 +57,9 @@ class ServiceState:
         from faceaudit.api import load_engine
 
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="faceaudit-service")
+        # a fairness calibration is checked (SHA-256, engine) here and used by every view of the gallery
         gallery = Gallery.open(self.settings.gallery, key_file=self.settings.key_file, actor="service",
-                               role="service")
+                               role="service", calibration=self.settings.calibration)
         gallery.max_pixels = self.settings.max_image_pixels
         self._gallery = gallery
         keys.ensure_table(gallery.store)

@@ -4,7 +4,7 @@ and logged there."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
@@ -13,7 +13,15 @@ from faceaudit.api import embed_images
 from faceaudit.api import verify as verify_pair
 from faceaudit.service.auth import Principal, authorized
 from faceaudit.service.limits import read_images, require_content_type
-from faceaudit.service.models import DetectResponse, EmbeddedImage, EmbedResponse, FaceModel, SubjectId, VerifyResponse
+from faceaudit.service.models import (
+    CalibrationIdentityModel,
+    DetectResponse,
+    EmbeddedImage,
+    EmbedResponse,
+    FaceModel,
+    SubjectId,
+    VerifyResponse,
+)
 from faceaudit.service.problems import Problem, problem_responses
 from faceaudit.service.state import ServiceState, service
 
@@ -54,7 +62,9 @@ async def verify(state: State, who: Annotated[Principal, Depends(authorized("ver
                  reference: Annotated[UploadFile | None, File(description="a second image (or subject_id)")] = None,
                  subject_id: Annotated[SubjectId | None, Form(description="an enrolled subject (or give reference)")]
                  = None,
-                 fmr: Annotated[float, Form(gt=0, lt=1, description="target false match rate")] = 1e-4,
+                 fmr: Annotated[float | None, Form(gt=0, lt=1, description="target false match rate (default 1e-4; "
+                                                   "with the server's fairness calibration, the FMR it was fitted "
+                                                   "at)")] = None,
                  ) -> VerifyResponse:
     if (reference is None) == (subject_id is None):
         raise Problem.of("invalid-input", "give either a reference image or a subject_id, not both or neither")
@@ -63,10 +73,16 @@ async def verify(state: State, who: Annotated[Principal, Depends(authorized("ver
         gallery = state.gallery_for(who.name, who.role)
         r = await state.run(gallery.verify, subject_id, image=probe, fmr=fmr)
         return VerifyResponse(mode="subject", match=r["match"], score=r["score"], threshold=r["threshold"],
-                              target_fmr=fmr, subject_id=subject_id, engine=gallery.settings.engine)
+                              target_fmr=r["fmr"], subject_id=subject_id, engine=gallery.settings.engine,
+                              calibration=_identity(r["calibration"]))
     assert reference is not None
     a, b = await read_images([image, reference], 2)
+    # the gallery's fairness calibration (checked against the engine when the server started), or raw scores
     v = await state.run(verify_pair, a, b, fmr=fmr, engine=state.engine_name,
-                        max_pixels=state.settings.max_image_pixels)
+                        max_pixels=state.settings.max_image_pixels, calibration=state.gallery.calibration)
     return VerifyResponse(mode="pair", match=v.match, score=v.score, threshold=v.threshold, target_fmr=v.target_fmr,
-                          engine=v.engine, failures=list(v.failures))
+                          engine=v.engine, failures=list(v.failures), calibration=_identity(v.fairness_calibration))
+
+
+def _identity(calibration: dict[str, Any] | None) -> CalibrationIdentityModel | None:
+    return None if calibration is None else CalibrationIdentityModel.model_validate(calibration)
