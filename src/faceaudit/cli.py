@@ -122,19 +122,27 @@ def embed(source: str, out: str, engine: str | None, workers: int | None, batch_
         click.echo(f"  {reason}: {n}")
 
 
+_calibration_option = click.option(
+    "--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Fairness calibration (`faceaudit calibrate --method`): decide on calibrated scores and its threshold.")
+
+
 @main.command()
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
-@click.option("--fmr", type=float, default=1e-4, show_default=True, help="Target false match rate.")
+@click.option("--fmr", type=float, default=None,
+              help="Target false match rate [default: 1e-4; with --calibration, the FMR it was fitted at].")
 @click.option("--engine", default=None, help="Engine name (see `faceaudit engines`).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_calibration_option
 @policy_options
-def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy: str, min_score: float | None,
-           min_face: float) -> None:
+def verify(a: str, b: str, fmr: float | None, engine: str | None, as_json: bool, calibration: str | None, policy: str,
+           min_score: float | None, min_face: float) -> None:
     """Do images A and B show the same person? Exit 0 with a decision, 1 when a face cannot be enrolled."""
     from faceaudit.api import verify as run_verify
 
-    res = run_verify(a, b, fmr=fmr, engine=engine, settings=_settings(policy, min_score, min_face))
+    res = run_verify(a, b, fmr=fmr, engine=engine, settings=_settings(policy, min_score, min_face),
+                     calibration=calibration)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
     elif res.match is None:
@@ -142,6 +150,10 @@ def verify(a: str, b: str, fmr: float, engine: str | None, as_json: bool, policy
     else:
         click.echo(f"{'MATCH' if res.match else 'NO MATCH'}: score {res.score:.4f} "
                    f"{'>=' if res.match else '<'} threshold {res.threshold:.4f}")
+        fc = res.fairness_calibration
+        if fc is not None:
+            click.echo(f"  calibrated with {fc['method']} (sha256 {fc['sha256'][:16]}...): raw score "
+                       f"{res.raw_score:.4f}")
         click.echo(f"  threshold for FMR {res.target_fmr:g} ({res.engine}, calibrated on {res.calibration}: "
                    f"FMR {res.calibrated_fmr:.2g}, FNMR {res.calibrated_fnmr:.2%})")
         assert res.score_fmr is not None
@@ -184,14 +196,33 @@ def engines(as_json: bool) -> None:
 @main.command()
 @click.option("--embeddings", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Embeddings file from `faceaudit embed` over a labelled dataset.")
-@click.option("--dataset", required=True, help="Name of the dataset, recorded in the calibration.")
+@click.option("--dataset", default=None,
+              help="Name of the dataset, recorded in the calibration (required without --method; with it, the "
+                   "default is the embeddings file's name).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The manifest embedded, whose SHA-256 is recorded.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Calibration JSON to write.")
-def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> None:
-    """Derive verification thresholds by FMR from all impostor pairs of a labelled embeddings file."""
+@click.option("--method", type=click.Choice(["faircal", "fsn"]), default=None,
+              help="Fit a fairness calibration (FairCal or Fair Score Normalization) instead: an artefact for "
+                   "`--calibration FILE` of verify, the gallery and the service.")
+@click.option("--target-fmr", "target_fmrs", multiple=True, type=float,
+              help="With --method: FMR of its global threshold (repeatable for faircal; default 1e-3).")
+@click.option("--clusters", type=click.IntRange(1), default=None,
+              help="With --method: k-means clusters (default: one per 50 people, at most 100).")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --method: seed of the k-means.")
+def calibrate(embeddings: str, dataset: str | None, manifest: str | None, out: str, method: str | None,
+              target_fmrs: tuple[float, ...], clusters: int | None, seed: int) -> None:
+    """Derive verification thresholds by FMR from all impostor pairs of a labelled embeddings file; with --method,
+    fit a deployable fairness calibration on it instead."""
     from faceaudit.calibrate import calibrate_from_embeddings
 
+    if method is not None:
+        _calibrate_fairness(embeddings, dataset, out, method, target_fmrs, clusters, seed)
+        return
+    if target_fmrs or clusters is not None:
+        raise click.UsageError("--target-fmr and --clusters go with --method")
+    if dataset is None:
+        raise click.UsageError("Missing option '--dataset' (the name recorded in the calibration).")
     cal = calibrate_from_embeddings(embeddings, dataset, manifest)
     Path(out).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
     click.echo(f"{cal.n_impostor:,} impostor and {cal.n_genuine:,} genuine pairs; "
@@ -200,6 +231,22 @@ def calibrate(embeddings: str, dataset: str, manifest: str | None, out: str) -> 
         if target >= cal.fmr[-1]:
             t = cal.threshold_for(target)
             click.echo(f"  FMR {target:g}: threshold {t:.4f}, FNMR {cal.fnmr_at(t):.2%}")
+
+
+def _calibrate_fairness(embeddings: str, dataset: str | None, out: str, method: str, target_fmrs: tuple[float, ...],
+                        clusters: int | None, seed: int) -> None:
+    from faceaudit.mitigation.artefact import fit_artefact, save_calibration
+
+    cal = fit_artefact(embeddings, method, target_fmrs=target_fmrs or (1e-3,), n_clusters=clusters, seed=seed,
+                       dataset_name=dataset)
+    save_calibration(cal, out)
+    doc = cal.document
+    click.echo(f"{method}: {len(cal.calibration.centres)} clusters fitted on {doc['dataset']['enrolled']:,} images of "
+               f"{doc['dataset']['subjects']:,} people ({doc['pairs']['impostor']:,} impostor, "
+               f"{doc['pairs']['genuine']:,} genuine pairs) -> {out}")
+    for f, (t, achieved, fnmr) in cal.thresholds.items():
+        click.echo(f"  FMR {f:g}: calibrated threshold {t:.6g} (FMR {achieved:.2g}, FNMR {fnmr:.2%} on these pairs)")
+    click.echo(f"  engine {cal.engine_name}; calibration sha256 {cal.identity.sha256}")
 
 
 @main.command()
@@ -318,6 +365,9 @@ def _intersections(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | Non
 @click.option("--permutations", type=int, default=None, help="Permutations for the tests (default 1000).")
 @click.option("--seed", type=int, default=None, help="Seed of every random draw (default 0).")
 @click.option("--impostor-sample", type=float, default=None, help="Keep each impostor pair with this probability.")
+@click.option("--mitigate", "mitigate", multiple=True,
+              help="Measure a mitigation on held-out people: group_thresholds, fsn or faircal (repeatable; "
+                   "replaces [mitigation] methods).")
 @click.option("--workers", type=int, default=None, help="Worker processes for embedding.")
 @click.option("--no-cache", is_flag=True, default=None, help="Do not read or write the embedding cache.")
 @click.option("--title", default=None, help="Report title.")
@@ -329,8 +379,8 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
           attributes: str | None, labels: str | None, engines: tuple[str, ...], embeddings: str | None,
           scores: str | None, distance: bool | None, system_name: str | None, by: tuple[str, ...],
           intersections: tuple[str, ...], fmrs: tuple[float, ...], bootstrap: int | None, permutations: int | None,
-          seed: int | None, impostor_sample: float | None, workers: int | None, no_cache: bool | None,
-          title: str | None, sign: str | None, quiet: bool, cluster: str | None) -> None:
+          seed: int | None, impostor_sample: float | None, mitigate: tuple[str, ...], workers: int | None,
+          no_cache: bool | None, title: str | None, sign: str | None, quiet: bool, cluster: str | None) -> None:
     """Audit a face recognition system for demographic bias and write a signed, reproducible report.
 
     DATASET: a manifest (CSV/Parquet: path, subject_id, label columns), a folder with one subfolder per
@@ -359,6 +409,7 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
     cfg = cfg.override("metrics", target_fmrs=fmrs or None)
     cfg = cfg.override("pairs", impostor_sample=impostor_sample)
     cfg = cfg.override("uncertainty", bootstrap=bootstrap, permutations=permutations, seed=seed)
+    cfg = cfg.override("mitigation", methods=mitigate or None)
     cfg = cfg.override("run", workers=workers, cache=False if no_cache else None, cluster=cluster)
     res = run_audit(cfg, out, sign=sign, progress=not quiet, echo=lambda m: click.echo(_shown(m), err=True))
     for line in _audit_lines(res.results):
@@ -547,10 +598,10 @@ def _gallery_options(f: Any) -> Any:
     return click.argument("folder", type=click.Path(file_okay=False))(f)
 
 
-def _open(folder: str, key_file: str | None, actor: str, role: str) -> Any:
+def _open(folder: str, key_file: str | None, actor: str, role: str, calibration: str | None = None) -> Any:
     from faceaudit.gallery.gallery import Gallery
 
-    return Gallery.open(folder, key_file=key_file, actor=actor, role=role)
+    return Gallery.open(folder, key_file=key_file, actor=actor, role=role, calibration=calibration)
 
 
 @gallery.command("keygen")
@@ -609,16 +660,19 @@ def gallery_enrol(folder: str, key_file: str | None, actor: str, role: str, subj
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Candidates to return.")
 @click.option("--fpir", type=float, default=0.01, show_default=True, help="Target false positive identification rate.")
 @click.option("--json", "as_json", is_flag=True)
+@_calibration_option
 def gallery_search(folder: str, key_file: str | None, actor: str, role: str, image: str, purpose: str | None,
-                   legal_basis: str | None, k: int, fpir: float, as_json: bool) -> None:
+                   legal_basis: str | None, k: int, fpir: float, as_json: bool, calibration: str | None) -> None:
     """1:N search of IMAGE (only where the policy allows it, for its declared purpose)."""
-    with _open(folder, key_file, actor, role) as g:
+    with _open(folder, key_file, actor, role, calibration) as g:
         res = g.search(image=image, k=k, fpir=fpir, purpose=purpose, legal_basis=legal_basis)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=1))
         return
     click.echo(f"threshold {res.threshold:.4f} for FPIR {fpir:g} over {res.gallery_size:,} templates "
                f"(log entry {res.log_seq})")
+    if res.calibration is not None:
+        click.echo(f"scores calibrated with {res.calibration['method']} (sha256 {res.calibration['sha256'][:16]}...)")
     for c in res.candidates:
         click.echo(f"  {c.rank:>2}. {_shown(c.subject_id)}  score {c.score:.4f}  "
                    f"{'MATCH' if c.match else 'below threshold'}")
@@ -630,13 +684,21 @@ def gallery_search(folder: str, key_file: str | None, actor: str, role: str, ima
 @_gallery_options
 @click.argument("subject")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--fmr", type=float, default=1e-4, show_default=True)
+@click.option("--fmr", type=float, default=None,
+              help="Target false match rate [default: 1e-4; with --calibration, the FMR it was fitted at].")
+@click.option("--json", "as_json", is_flag=True)
+@_calibration_option
 def gallery_verify(folder: str, key_file: str | None, actor: str, role: str, subject: str, image: str,
-                   fmr: float) -> None:
+                   fmr: float | None, as_json: bool, calibration: str | None) -> None:
     """1:1: is IMAGE the enrolled SUBJECT?"""
-    with _open(folder, key_file, actor, role) as g:
+    with _open(folder, key_file, actor, role, calibration) as g:
         r = g.verify(subject, image=image, fmr=fmr)
-    click.echo(f"{'MATCH' if r['match'] else 'NO MATCH'}: score {r['score']:.4f}, threshold {r['threshold']:.4f}")
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    click.echo(f"{'MATCH' if r['match'] else 'NO MATCH'}: score {r['score']:.4f}, threshold {r['threshold']:.4f}"
+               + ("" if r["calibration"] is None else
+                  f" (calibrated with {r['calibration']['method']}, sha256 {r['calibration']['sha256'][:16]}...)"))
 
 
 _subject_request = click.option(
@@ -809,10 +871,12 @@ def log_verify(folder: str, key_file: str | None, actor: str, role: str, head: s
               help="Where audit jobs write their reports (default: GALLERY/jobs).")
 @click.option("--sign", "report_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ed25519 private key (faceaudit keygen): the reports of audit jobs are signed with it.")
+@_calibration_option
 @cluster_option
 def serve(gallery_dir: str, key_file: str | None, host: str, port: int, workers: int, data_root: str | None,
           rate_per_minute: int, request_timeout: float, audit_workers: int, max_body_mb: int, max_images: int,
-          max_pixels: int, jobs_dir: str | None, report_key: str | None, cluster: str | None) -> None:
+          max_pixels: int, jobs_dir: str | None, report_key: str | None, calibration: str | None,
+          cluster: str | None) -> None:
     """Serve recognition, the gallery and audits over HTTP (uvicorn), with API keys (`faceaudit keys`)."""
     import os
     import shutil
@@ -830,8 +894,10 @@ def serve(gallery_dir: str, key_file: str | None, host: str, port: int, workers:
                                    audit_workers=audit_workers, max_body_bytes=max_body_mb * 2**20,
                                    max_images_per_request=max_images, max_image_pixels=max_pixels, cluster=cluster,
                                    report_key=None if report_key is None else Path(report_key),
-                                   jobs_dir=None if jobs_dir is None else Path(jobs_dir))
-        Gallery.open(gallery_dir, key_file=key_file).close()  # a wrong key or a failed seal: say so before starting
+                                   jobs_dir=None if jobs_dir is None else Path(jobs_dir),
+                                   calibration=None if calibration is None else Path(calibration))
+        # a wrong key, a failed seal, an altered calibration or one for another engine: say so before starting
+        Gallery.open(gallery_dir, key_file=key_file, calibration=calibration).close()
     except FaceauditError as exc:
         raise click.ClickException(str(exc)) from exc
     # every worker process builds its app from these (uvicorn imports the factory by name in each)

@@ -10,6 +10,7 @@ Sections and keys (all optional except where said; see ``examples/audit.toml``):
     [metrics]      target_fmrs, alpha
     [pairs]        impostor_sample (probability of keeping each impostor pair; default all pairs)
     [uncertainty]  bootstrap, permutations, seed
+    [mitigation]   methods (group_thresholds, fsn, faircal; default none), folds, n_clusters
     [run]          workers, cache (true, false or a file), batch_size, cluster (local:N or a Dask scheduler)
 
 Relative paths are relative to the config file's folder. Unknown sections or keys, and values of
@@ -33,6 +34,7 @@ import tomli_w
 from faceaudit.errors import InputError
 from faceaudit.io.files import read_regular
 from faceaudit.metrics.rates import DEFAULT_FMRS
+from faceaudit.mitigation.methods import METHOD_NAMES
 
 DATASET_FORMATS = ("auto", "manifest", "folder", "lfw", "pairs")
 #: Largest config file read (bytes): a whole audit fits in a few hundred bytes.
@@ -92,6 +94,18 @@ class UncertaintyConfig:
 
 
 @dataclass(frozen=True)
+class MitigationConfig:
+    """Post-hoc mitigations measured by cross-validation (:mod:`faceaudit.mitigation`); none by default.
+
+    Seeded by ``[uncertainty] seed``, with ``[uncertainty] bootstrap`` replicates for the paired intervals.
+    """
+
+    methods: tuple[str, ...] = ()
+    folds: int = 5
+    n_clusters: int | None = None  # FSN and FairCal clusters; default: chosen from the data
+
+
+@dataclass(frozen=True)
 class RunConfig:
     workers: int | None = None
     cache: bool | str = True
@@ -108,6 +122,7 @@ class AuditConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     # --- reading ---
@@ -207,7 +222,25 @@ class AuditConfig:
             raise InputError("[uncertainty] bootstrap and permutations must be >= 0")
         if self.groups.min_subjects < 1:
             raise InputError("[groups] min_subjects must be >= 1")
+        self._check_mitigation()
         self.groupings()
+
+    def _check_mitigation(self) -> None:
+        m = self.mitigation
+        unknown = [x for x in m.methods if x not in METHOD_NAMES]
+        if unknown:
+            raise InputError(f"[mitigation] methods: unknown method(s) {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(METHOD_NAMES)}")
+        if len(set(m.methods)) != len(m.methods):
+            raise InputError(f"[mitigation] methods names a method twice: {list(m.methods)}")
+        if m.folds < 2:
+            raise InputError(f"[mitigation] folds must be at least 2 (calibrate on some people, measure on others), "
+                             f"got {m.folds}")
+        if m.n_clusters is not None and m.n_clusters < 1:
+            raise InputError(f"[mitigation] n_clusters must be at least 1, got {m.n_clusters}")
+        if m.methods and len(self.system.engines()) > 1:
+            raise InputError("[mitigation] is measured in single-system audits; when comparing engines, audit each "
+                             "engine alone with [mitigation] (or remove the [mitigation] methods)")
 
     # --- writing ---
     def to_dict(self) -> dict[str, Any]:

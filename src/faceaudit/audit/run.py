@@ -5,6 +5,11 @@ so an interrupted audit never leaves a half-written report; the embedding cache 
 already embedded, so a rerun resumes. What could not be used (unreadable images, faces not found,
 pairs naming unknown images, attributes not in the data, target FMRs the data cannot support) is
 left out, counted with its reason, and stated in the report.
+
+With ``[mitigation] methods``, each analysis of an all-pairs audit from images or embeddings also gets
+the cross-validated measurement of those mitigations (:func:`faceaudit.mitigation.cross_validate`),
+seeded by ``[uncertainty] seed``; audits that cannot run them (score files, pair lists, sampled impostor
+pairs) record the refusal and its reason in ``results.json``'s ``mitigation`` section instead.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class AuditInputs:
     left_out: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     from_cache: int | None = None  # images whose embeddings came from the cache (a rerun resumes)
+    mitigation: dict[str, Any] | None = None  # results.json's "mitigation" section; None when not asked for
 
 
 def usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
@@ -163,14 +169,69 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
             left_out.append({"what": "pairs", "item": "listed pairs", "count": lost,
                              "reason": "an image of the pair failed to enrol", "examples": []})
         _ignored(cfg, "a pair list", warn)
+        mitigation = mitigation_refused(cfg, "pair_list", "a pair list gives only the pairs it lists; the mitigations "
+                                        "are calibrated on, and measured on, all pairs among people", warn)
     else:
         result = evaluate_frame(frame, meta, groupings=groupings, bootstrap=u.bootstrap, permutations=u.permutations,
                                 seed=u.seed, impostor_sample=cfg.pairs.impostor_sample, progress=progress,
                                 inputs=source, target_fmrs=targets, alpha=alpha, cluster=client)
+        if result.settings.get("pairs_mode") == "sample":
+            mitigation = mitigation_refused(cfg, "sampled", "impostor pairs were sampled ([pairs] impostor_sample); "
+                                            "the mitigations are calibrated on, and measured on, all pairs among "
+                                            "people, with intervals that need all pairs", warn)
+        else:
+            mitigation = run_mitigation(cfg, frame, groupings)
     hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
     images = frame[["path", "subject_id", "ok", "reason", "message"]]
     return AuditInputs(result, images, hashes, files, listing, meta.get("engine"),
-                   protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache)
+                       protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache,
+                       mitigation)
+
+
+def _mitigation_settings(cfg: AuditConfig) -> dict[str, Any]:
+    m, u = cfg.mitigation, cfg.uncertainty
+    return {"methods": list(m.methods), "folds": m.folds, "n_clusters": m.n_clusters, "seed": u.seed,
+            "replicates": u.bootstrap}
+
+
+def mitigation_refused(cfg: AuditConfig, reason: str, why: str, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The ``mitigation`` section of an audit that cannot run the mitigations asked for (None: none asked for)."""
+    if not cfg.mitigation.methods:
+        return None
+    message = f"mitigation not measured: {why}. Audit the images or their embeddings, all pairs, to measure it"
+    warn(message)
+    return {**_mitigation_settings(cfg), "refused": {"reason": reason, "message": message}, "analyses": []}
+
+
+def run_mitigation(cfg: AuditConfig, frame: pd.DataFrame, groupings: list[list[str]]) -> dict[str, Any] | None:
+    """Cross-validate the mitigations asked for, per analysis, on the enrolled images' embeddings (all pairs).
+
+    A grouping on which the protocol itself refuses (too few people for the folds, no target FMR
+    supported by a held-out fold) is recorded with its reason; the others carry
+    :meth:`faceaudit.mitigation.MitigationResult.to_dict`, where each method's own refusals are.
+    """
+    from faceaudit.mitigation import MitigationRefused, cross_validate
+    from faceaudit.scoring.groups import assign_groups
+
+    m, u = cfg.mitigation, cfg.uncertainty
+    if not m.methods:
+        return None
+    ok = frame["ok"].to_numpy(bool)
+    enrolled = frame[ok]
+    emb = embedding_matrix(frame)
+    subjects = enrolled["subject_id"].astype(str).to_numpy()
+    analyses = []
+    for attrs in groupings:
+        entry: dict[str, Any] = {"attributes": list(attrs), "refused": None, "result": None}
+        try:
+            res = cross_validate(emb, subjects, assign_groups(enrolled, attrs), m.methods, cfg.metrics.target_fmrs,
+                                 folds=m.folds, seed=u.seed, replicates=u.bootstrap, alpha=cfg.metrics.alpha,
+                                 n_clusters=m.n_clusters)
+            entry["result"] = res.to_dict()
+        except MitigationRefused as err:
+            entry["refused"] = {"reason": err.reason, "message": str(err)}
+        analyses.append(entry)
+    return {**_mitigation_settings(cfg), "refused": None, "analyses": analyses}
 
 
 
@@ -187,6 +248,9 @@ def _ignored(cfg: AuditConfig, what: str, warn: Callable[[str], None]) -> None:
 def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) -> AuditInputs:
     d, s = cfg.dataset, cfg.system
     _ignored(cfg, "a score file", warn)
+    mitigation = mitigation_refused(cfg, "needs_embeddings", "a score file gives neither the images' embeddings "
+                                    "(FSN and FairCal cluster them; group thresholds and every method are calibrated "
+                                    "on people other than those measured) nor all pairs among the people", warn)
     assert d.path is not None and s.scores is not None
     table = read_score_manifest(d.path)
     labels = [c for c in table.columns if c not in ("id", "subject_id", "path")]
@@ -201,7 +265,7 @@ def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
              "scores": {"path": s.scores, "sha256": sha256_file(s.scores)}}
     images = pd.DataFrame({"path": table["id"], "subject_id": table["subject_id"], "ok": True, "reason": None,
                            "message": None})
-    return AuditInputs(result, images, [], files, None, None, None, left_out, [])
+    return AuditInputs(result, images, [], files, None, None, None, left_out, [], mitigation=mitigation)
 
 
 def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
@@ -288,6 +352,8 @@ def audit_results(config: AuditConfig, inputs: AuditInputs) -> dict[str, Any]:
     results["audit"] = {"title": config.title, "system": _system(config, inputs.engine),
                         "dataset": _dataset(config, inputs), "left_out": inputs.left_out,
                         "notes": inputs.notes}
+    if inputs.mitigation is not None:
+        results["mitigation"] = inputs.mitigation
     return results
 
 

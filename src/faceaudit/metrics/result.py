@@ -31,7 +31,7 @@ from faceaudit.metrics.summary import Summary, summarise
 from faceaudit.scoring.groups import Grouping
 from faceaudit.scoring.stats import PairStatistics
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def json_ready(x: Any) -> Any:

@@ -13,11 +13,13 @@ from typing import Any
 import jinja2
 
 from faceaudit.report import figures
+from faceaudit.report.comparison import points
 from faceaudit.report.findings import fmt_rate, fmt_times, headlines, limitations
+from faceaudit.report.mitigation import ci_points, mitigation_view
 
 #: Section ids, in page order; the browser test checks that each is rendered.
 SECTIONS = ("headline", "groups", "summary-measures", "cross-group", "det", "distributions", "threshold-shift",
-            "enrolment", "composition", "limitations", "left-out", "method", "provenance")
+            "mitigation", "enrolment", "composition", "limitations", "left-out", "method", "provenance")
 
 
 def _slug(attrs: list[str]) -> str:
@@ -41,6 +43,8 @@ def report_environment() -> jinja2.Environment:
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["rate"] = fmt_rate
     env.filters["times"] = fmt_times
+    env.filters["points"] = points
+    env.filters["points_ci"] = ci_points
     env.filters["num"] = lambda v: "n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
     return env
 
@@ -57,7 +61,7 @@ def render_html(results: dict[str, Any], provenance: dict[str, Any], config_toml
     return report_environment().get_template("report.html.j2").render(
         results=results, audit=results.get("audit") or {}, provenance=provenance, analyses=analyses,
         limitations=limitations(results), config_toml=config_toml, sections=SECTIONS,
-        provenance_json=pretty_json(provenance))
+        mitigation=mitigation_view(results), provenance_json=pretty_json(provenance))
 
 
 def pretty_json(obj: Any) -> str:

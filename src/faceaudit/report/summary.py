@@ -69,6 +69,9 @@ def render_summary(results: dict[str, Any], provenance: dict[str, Any]) -> str:
                          f"{fmt_rate(g.fnmr)}{md_interval(g.fnmr_ci)} | "
                          f"{g.impostor_pairs:,} / {g.genuine_pairs:,} |")
         lines.append("")
+    from faceaudit.report.mitigation import summary_lines  # here: it imports this module's helpers
+
+    lines += summary_lines(results)
     lines += ["## Limitations", ""]
     lines += [f"- {t(item['text'])}" for item in limitations(results)] or ["- None found in the numbers."]
     lines += ["", "## Provenance", "",
