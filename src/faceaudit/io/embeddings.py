@@ -63,7 +63,7 @@ def read_embeddings(path: str | Path, *, system_name: str | None = None) -> tupl
     or ``.npz``, :mod:`faceaudit.io.foreign_embeddings`) are read too, recorded as supplied by the
     user under ``system_name`` with the file's SHA-256.
     """
-    from faceaudit.io.files import FileRefused, open_regular, open_table
+    from faceaudit.io.files import FileRefused, open_table
     from faceaudit.io.foreign_embeddings import read_foreign_embeddings
     from faceaudit.io.images import sha256_file
 
@@ -71,8 +71,6 @@ def read_embeddings(path: str | Path, *, system_name: str | None = None) -> tupl
     what = "an embeddings file"
     try:
         if p.suffix.lower() == ".npz":
-            with open_regular(p, what=what):  # a regular file (not a FIFO or device) before NumPy opens it
-                pass
             return read_foreign_embeddings(p, None, sha256_file(p), system_name)
         with open_table(p, what, fmt="parquet") as f:  # bounded footer and column count, then read
             table = pq.read_table(f)

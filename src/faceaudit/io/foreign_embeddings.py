@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from faceaudit.errors import InputError
+from faceaudit.io.files import open_regular
 
 ID_COLUMNS = ("path", "id")
 RESERVED = ("ok", "reason", "message", "det_score", "face_index", "n_faces", "box", "landmarks")
@@ -54,8 +55,11 @@ def _from_parquet(table: pa.Table, p: Path) -> tuple[pd.DataFrame, list[Any]]:
 
 def _from_npz(p: Path) -> tuple[pd.DataFrame, list[Any]]:
     try:
-        with np.load(p, allow_pickle=False) as z:  # no pickles: a data file must not run code
+        # a regular file (never a FIFO or device), opened once; no pickles: a data file must not run code
+        with open_regular(p, what="an embeddings file") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+    except InputError:  # refused by open_regular: its message says why
+        raise
     except ValueError as exc:
         raise InputError(f"{p}: {exc}; store text columns as unicode arrays (np.str_), not objects") from exc
     except Exception as exc:  # zipfile.BadZipFile, OSError, ...

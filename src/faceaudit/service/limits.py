@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-from fastapi import Request, UploadFile
+from fastapi import Depends, Request, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -162,3 +162,8 @@ async def read_images(files: list[UploadFile], max_images: int) -> list[bytes]:
     if len(files) > max_images:
         raise Problem.of("payload-too-large", f"{len(files)} images in one request; at most {max_images}")
     return [await f.read() for f in files]
+
+
+#: Route dependencies refusing any other content type (415) before the body is parsed.
+MULTIPART = [Depends(require_content_type("multipart/form-data"))]
+JSON = [Depends(require_content_type("application/json"))]

@@ -181,6 +181,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_problem)
 
 
+#: What an authenticated request with a body can be answered besides success.
+REQUEST_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route for OpenAPI: each status described as a problem (the schema and the
     ``application/problem+json`` content are filled in by :mod:`faceaudit.service.openapi`)."""

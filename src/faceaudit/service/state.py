@@ -18,8 +18,9 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Depends
 from starlette.requests import Request
 
 from faceaudit.gallery.gallery import Gallery, KeyRotation
@@ -123,4 +124,8 @@ def service(request: Request) -> ServiceState:
     """The state of the server process handling ``request``."""
     state: ServiceState = request.app.state.service
     return state
+
+
+#: A route's parameter for the server's state (``state: State``).
+State = Annotated[ServiceState, Depends(service)]
 

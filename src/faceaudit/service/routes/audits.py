@@ -25,7 +25,7 @@ from faceaudit.gallery.policy import PolicyError
 from faceaudit.service import jobs
 from faceaudit.service.auth import Principal, authorized
 from faceaudit.service.problems import Problem, problem_responses
-from faceaudit.service.state import ServiceState, service
+from faceaudit.service.state import ServiceState, State
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -181,7 +181,6 @@ async def _job(state: ServiceState, job_id: str) -> jobs.Job:
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="The job's id (32 hex digits).")]
 Auditor = Annotated[Principal, Depends(can_audit)]
-State = Annotated[ServiceState, Depends(service)]
 
 
 # --- routes ---

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, UploadFil
 
 from faceaudit.gallery.gallery import MAX_SUBJECT_ID, Consent
 from faceaudit.service.auth import Principal, authenticated, authorized
-from faceaudit.service.limits import read_images, require_content_type
+from faceaudit.service.limits import JSON, MULTIPART, read_images
 from faceaudit.service.models import (
     EnrolResponse,
     ErasureResponse,
@@ -23,14 +23,10 @@ from faceaudit.service.models import (
     SearchResponse,
     SubjectId,
 )
-from faceaudit.service.problems import Problem, problem_responses
-from faceaudit.service.state import ServiceState, service
+from faceaudit.service.problems import REQUEST_ERRORS, Problem, problem_responses
+from faceaudit.service.state import State
 
 router = APIRouter(prefix="/v1", tags=["gallery"])
-State = Annotated[ServiceState, Depends(service)]
-_multipart = [Depends(require_content_type("multipart/form-data"))]
-_json = [Depends(require_content_type("application/json"))]
-_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
 # the subject id is the rest of the path: an id holding "/" (sent as %2F) still names one subject
 PathSubject = Annotated[str, Path(min_length=1,
                                   max_length=MAX_SUBJECT_ID, description="the subject's id, URL-encoded")]
@@ -38,8 +34,9 @@ BySubject = Annotated[bool, Query(description="the subject asked for this themse
                                               "allowed, and logged); otherwise the key's role needs the operation")]
 
 
-@router.post("/subjects", response_model=EnrolResponse, status_code=status.HTTP_201_CREATED, dependencies=_multipart,
-             responses=problem_responses(*_ERRORS), summary="Enrol a person from images, with their consent record")
+@router.post("/subjects", response_model=EnrolResponse, status_code=status.HTTP_201_CREATED, dependencies=MULTIPART,
+             responses=problem_responses(*REQUEST_ERRORS),
+             summary="Enrol a person from images, with their consent record")
 async def enrol(state: State, who: Annotated[Principal, Depends(authorized("enrol"))],
                 subject_id: Annotated[SubjectId, Form()],
                 consent_by: Annotated[str, Form(min_length=1, max_length=1000, description="who gave consent")],
@@ -56,7 +53,7 @@ async def enrol(state: State, who: Annotated[Principal, Depends(authorized("enro
 
 
 @router.get("/subjects/{subject_id:path}/export", response_model=ExportResponse,
-            responses=problem_responses(404, *_ERRORS),
+            responses=problem_responses(404, *REQUEST_ERRORS),
             summary="Everything held about a person (subject access request), templates in plaintext")
 async def export(state: State, who: Annotated[Principal, Depends(authorized("export"))], subject_id: PathSubject,
                  requested_by_subject: BySubject = False) -> ExportResponse:
@@ -66,7 +63,7 @@ async def export(state: State, who: Annotated[Principal, Depends(authorized("exp
 
 
 @router.delete("/subjects/{subject_id:path}", response_model=ErasureResponse,
-               responses=problem_responses(404, *_ERRORS),
+               responses=problem_responses(404, *REQUEST_ERRORS),
                summary="Erase a person, and check at once that nothing of them is left")
 async def delete(state: State, who: Annotated[Principal, Depends(authorized("delete"))], subject_id: PathSubject,
                  requested_by_subject: BySubject = False) -> ErasureResponse:
@@ -74,7 +71,8 @@ async def delete(state: State, who: Annotated[Principal, Depends(authorized("del
     return ErasureResponse.of(await state.run(gallery.erase, subject_id, requested_by_subject=requested_by_subject))
 
 
-@router.post("/search", response_model=SearchResponse, dependencies=_multipart, responses=problem_responses(*_ERRORS),
+@router.post("/search", response_model=SearchResponse, dependencies=MULTIPART,
+             responses=problem_responses(*REQUEST_ERRORS),
              summary="1:N search, only as the policy allows, for its declared purpose and legal basis")
 async def search(state: State, who: Annotated[Principal, Depends(authorized("search"))],
                  image: Annotated[UploadFile, File(description="the probe")],
@@ -98,8 +96,8 @@ async def log_head(state: State, who: Annotated[Principal, Depends(authorized("l
     return LogHead(seq=head[0], hash=head[1])
 
 
-@router.post("/log/verify", response_model=LogCheckResponse, dependencies=_json,
-             responses=problem_responses(*_ERRORS),
+@router.post("/log/verify", response_model=LogCheckResponse, dependencies=JSON,
+             responses=problem_responses(*REQUEST_ERRORS),
              summary="Check the log's hash chain and the seal (and that the log still holds a published head)")
 async def log_verify(state: State, who: Annotated[Principal, Depends(authorized("log"))],
                      body: Annotated[LogVerifyRequest | None, Body()] = None) -> LogCheckResponse:
@@ -116,7 +114,7 @@ async def get_policy(state: State, who: Annotated[Principal, Depends(authenticat
     return PolicyDocument.of(gallery.policy)
 
 
-@router.put("/policy", response_model=PolicyDocument, dependencies=_json, responses=problem_responses(*_ERRORS),
+@router.put("/policy", response_model=PolicyDocument, dependencies=JSON, responses=problem_responses(*REQUEST_ERRORS),
             summary="Replace the policy (logged with the old and the new)")
 async def put_policy(state: State, who: Annotated[Principal, Depends(authorized("policy"))],
                      document: PolicyDocument) -> PolicyDocument:
@@ -125,7 +123,7 @@ async def put_policy(state: State, who: Annotated[Principal, Depends(authorized(
     return PolicyDocument.of(gallery.policy)
 
 
-@router.post("/key-rotation", response_model=KeyRotationResponse, responses=problem_responses(409, *_ERRORS),
+@router.post("/key-rotation", response_model=KeyRotationResponse, responses=problem_responses(409, *REQUEST_ERRORS),
              summary="Re-encrypt every template under a new key, generated on the server into its key file")
 async def rotate_key(state: State, who: Annotated[Principal, Depends(authorized("rotate-key"))]
                      ) -> KeyRotationResponse:

@@ -3,17 +3,14 @@ put /metrics and /version behind the reverse proxy's access rules if the counts 
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
 from faceaudit import __version__
 from faceaudit.service.models import Health, Readiness, Version
 from faceaudit.service.problems import Problem, problem_responses
-from faceaudit.service.state import ServiceState, service
+from faceaudit.service.state import State
 
 router = APIRouter(tags=["operations"])
-State = Annotated[ServiceState, Depends(service)]
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")

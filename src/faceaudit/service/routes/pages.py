@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import jinja2
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +42,7 @@ from faceaudit.service import jobs, keys, sessions
 from faceaudit.service.auth import Principal
 from faceaudit.service.problems import Problem
 from faceaudit.service.routes.audits import JOB_ID_PATTERN, MEDIA_TYPES
-from faceaudit.service.state import ServiceState, service
+from faceaudit.service.state import ServiceState, State
 
 router = APIRouter(include_in_schema=False)  # pages for people; the API's schema documents the API
 
@@ -55,7 +55,6 @@ _ENV = jinja2.Environment(
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-State = Annotated[ServiceState, Depends(service)]
 
 
 class SignIn(BaseModel):

@@ -12,7 +12,7 @@ from faceaudit.api import detect as detect_faces
 from faceaudit.api import embed_images
 from faceaudit.api import verify as verify_pair
 from faceaudit.service.auth import Principal, authorized
-from faceaudit.service.limits import read_images, require_content_type
+from faceaudit.service.limits import MULTIPART, read_images
 from faceaudit.service.models import (
     CalibrationIdentityModel,
     DetectResponse,
@@ -22,17 +22,14 @@ from faceaudit.service.models import (
     SubjectId,
     VerifyResponse,
 )
-from faceaudit.service.problems import Problem, problem_responses
-from faceaudit.service.state import ServiceState, service
+from faceaudit.service.problems import REQUEST_ERRORS, Problem, problem_responses
+from faceaudit.service.state import State
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
-State = Annotated[ServiceState, Depends(service)]
-_multipart = [Depends(require_content_type("multipart/form-data"))]
-_IMAGE_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
 
 
-@router.post("/detect", response_model=DetectResponse, dependencies=_multipart,
-             responses=problem_responses(*_IMAGE_ERRORS), summary="Every face in an image: box, 5 landmarks, score")
+@router.post("/detect", response_model=DetectResponse, dependencies=MULTIPART,
+             responses=problem_responses(*REQUEST_ERRORS), summary="Every face in an image: box, 5 landmarks, score")
 async def detect(state: State, who: Annotated[Principal, Depends(authorized("detect"))],
                  image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")]) -> DetectResponse:
     [data] = await read_images([image], 1)
@@ -41,8 +38,8 @@ async def detect(state: State, who: Annotated[Principal, Depends(authorized("det
     return DetectResponse(engine=str(state.engine_name), faces=[FaceModel.of(f) for f in faces])
 
 
-@router.post("/embed", response_model=EmbedResponse, dependencies=_multipart,
-             responses=problem_responses(*_IMAGE_ERRORS),
+@router.post("/embed", response_model=EmbedResponse, dependencies=MULTIPART,
+             responses=problem_responses(*REQUEST_ERRORS),
              summary="The embedding of the subject face of each image (or why none could be made)")
 async def embed(state: State, who: Annotated[Principal, Depends(authorized("embed"))],
                 images: Annotated[list[UploadFile], File(description="one or more images")]) -> EmbedResponse:
@@ -54,8 +51,8 @@ async def embed(state: State, who: Annotated[Principal, Depends(authorized("embe
                          results=[EmbeddedImage.of(i, images[i].filename, r[0]) for i, r in enumerate(results)])
 
 
-@router.post("/verify", response_model=VerifyResponse, dependencies=_multipart,
-             responses=problem_responses(404, *_IMAGE_ERRORS),
+@router.post("/verify", response_model=VerifyResponse, dependencies=MULTIPART,
+             responses=problem_responses(404, *REQUEST_ERRORS),
              summary="1:1: does the image show the same person as the reference image, or as the enrolled subject?")
 async def verify(state: State, who: Annotated[Principal, Depends(authorized("verify"))],
                  image: Annotated[UploadFile, File(description="the probe")],
