@@ -20,7 +20,7 @@ from faceaudit.demo import bundled_manifest
 from faceaudit.errors import CalibrationError, InputError
 from faceaudit.gallery.gallery import Consent, Gallery
 from faceaudit.io.embeddings import embedding_matrix, read_embeddings, write_embeddings
-from faceaudit.mitigation import FairScoreNormalization
+from faceaudit.mitigation import FairScoreNormalization, threshold_at_fmr
 from faceaudit.mitigation.artefact import (
     DeployedCalibration,
     content_sha256,
@@ -299,3 +299,70 @@ def test_service_answers_with_the_calibration(served: tuple[Any, TestClient], ca
     assert found.json()["threshold"] == pytest.approx(cal.threshold_for(0.01))  # FMR from FPIR: 0.01 up to rounding
     assert found.json()["candidates"][0]["subject_id"] == "enrolled" and found.json()["candidates"][0]["match"]
     assert setup.settings(calibration=cal_path).to_env()["FACEAUDIT_SERVICE_CALIBRATION"] == str(cal_path.resolve())
+
+
+# ------------------------------------------------------------------------------------------ an audit of it
+
+
+def _audit(embeddings: Path, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(main, ["audit", "--embeddings", str(embeddings), "--by", "sex", "--fmr", "1e-2",
+                                     "--fmr", "1e-3", "--bootstrap", "0", "--permutations", "0", "--out", str(out),
+                                     "--quiet", *extra])
+
+
+def test_an_audit_of_the_calibrated_engine_counts_calibrated_scores(embeddings: Path, cal_path: Path,
+                                                                    tmp_path: Path) -> None:
+    """`faceaudit audit --calibration`: the threshold and every group's counts equal a brute-force count over all
+    pairs of calibrated scores (:func:`score_calibrated`, pair by pair, not the audit's blocked comparison); the
+    calibration's identity is in results.json, provenance.json, summary.md and report.html."""
+    r = _audit(embeddings, tmp_path / "cal", "--calibration", str(cal_path))
+    assert r.exit_code == 0, r.output
+    raw = _audit(embeddings, tmp_path / "raw")
+    assert raw.exit_code == 0, raw.output
+    cal = load_calibration(cal_path)
+    df, _ = read_embeddings(embeddings)
+    ok = df[df["ok"]].reset_index(drop=True)
+    e = embedding_matrix(df)
+    i, j = np.triu_indices(len(e), k=1)
+    s = score_calibrated(cal, e[i], e[j])
+    subj, sex = ok["subject_id"].astype(str).to_numpy(), ok["sex"].astype(str).to_numpy()
+    gen = subj[i] == subj[j]
+    doc = json.loads((tmp_path / "cal" / "results.json").read_text())
+    raw_doc = json.loads((tmp_path / "raw" / "results.json").read_text())
+    assert doc["settings"]["scores"].startswith("faircal calibrated score")
+    ops, raw_ops = doc["analyses"][0]["operating_points"], raw_doc["analyses"][0]["operating_points"]
+    assert len(ops) == 2
+    for op, raw_op in zip(ops, raw_ops, strict=True):
+        t = op["threshold"]
+        assert t == pytest.approx(threshold_at_fmr(s[~gen], op["target_fmr"]), abs=1e-6)
+        assert 0 < t < 1 and t != raw_op["threshold"]  # a probability, not a cosine
+        for g in op["groups"]:
+            label = g["group"].split("=", 1)[1]
+            within = (sex[i] == label) & (sex[j] == label)
+            imp, genu = s[within & ~gen], s[within & gen]
+            assert g["impostor_pairs"] == len(imp) and g["genuine_pairs"] == len(genu)
+            # the audit folds float32 scores: a float64 reference may differ only within float32 rounding of t
+            assert int((imp >= t + 1e-6).sum()) <= g["false_matches"] <= int((imp >= t - 1e-6).sum())
+            assert int((genu < t - 1e-6).sum()) <= g["false_non_matches"] <= int((genu < t + 1e-6).sum())
+    system = doc["audit"]["system"]
+    assert system["calibration"]["sha256"] == cal.identity.sha256 and "faircal calibrated" in system["name"]
+    prov = json.loads((tmp_path / "cal" / "provenance.json").read_text())
+    assert prov["calibration"]["sha256"] == cal.identity.sha256 and prov["files"]["calibration"]["path"] == \
+        str(cal_path.resolve())
+    assert json.loads((tmp_path / "raw" / "provenance.json").read_text())["calibration"] is None
+    assert cal.identity.sha256 in (tmp_path / "cal" / "summary.md").read_text()
+    assert cal.identity.sha256 in (tmp_path / "cal" / "report.html").read_text()
+    assert "calibration = " in (tmp_path / "cal" / "config.toml").read_text()
+
+
+def test_an_audit_refuses_a_calibration_it_cannot_apply(embeddings: Path, cal_path: Path, other_engine_path: Path,
+                                                        tmp_path: Path) -> None:
+    r = _audit(embeddings, tmp_path / "other", "--calibration", str(other_engine_path))
+    assert r.exit_code != 0 and "was fitted for engine" in r.output and not (tmp_path / "other").exists()
+    r = _audit(embeddings, tmp_path / "both", "--calibration", str(cal_path), "--mitigate", "fsn")
+    assert r.exit_code != 0 and "run them as two audits" in r.output
+    df, meta = read_embeddings(embeddings)
+    anonymous = tmp_path / "anonymous.parquet"
+    write_embeddings(df, anonymous, {k: v for k, v in meta.items() if k != "engine"})
+    r = _audit(anonymous, tmp_path / "anon", "--calibration", str(cal_path))
+    assert r.exit_code != 0 and "not made by a faceaudit engine" in r.output

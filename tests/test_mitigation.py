@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,10 @@ from faceaudit.mitigation import (
 from faceaudit.mitigation import base as mbase
 from faceaudit.mitigation.base import Calibration, TopK, pair_counts
 from faceaudit.mitigation.beta import features, fit_beta, logistic_fit
-from faceaudit.mitigation.clusters import _KMEANS_RUNS
+from faceaudit.mitigation.clusters import _KMEANS_RUNS, cluster, person_means
 from faceaudit.mitigation.kmeans import kmeans, nearest
 from faceaudit.mitigation.protocol import check_disjoint, subject_folds
+from faceaudit.mitigation.scan import CalibrationSet
 from faceaudit.scoring.groups import Grouping
 
 
@@ -80,6 +82,61 @@ def test_pair_counts_equal_brute_force() -> None:
         assert c.touch_impostor[k] == (touch & ~gen).sum() and c.touch_genuine[k] == (touch & gen).sum()
         assert c.subjects[k] == len(np.unique(subj[codes == k]))
     assert (c.impostor, c.genuine) == ((~gen).sum(), gen.sum())
+
+
+def test_one_pass_keeps_each_codes_largest_impostor_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration set's pass (small chunks, so floors filter across many of them) against a brute-force
+    sort of every pair under each rule: within (both images in the code) and touch (at least one)."""
+    from faceaudit.mitigation import scan
+
+    monkeypatch.setattr(scan, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(scan, "CHUNK", 32)
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(300, 16)).astype(np.float32)
+    subj = rng.integers(0, 60, 300)
+    codes = rng.integers(0, 5, 300)
+    keep = np.array([1, 7, 40, 0, 300])
+    cs = scan.CalibrationSet(emb, subj)
+    within, touch = cs.request(codes, keep, within=True), cs.request(codes, keep, within=False)
+    small = cs.request(codes, keep // 2, within=False)  # shares the touch tally
+    glob = cs.request(np.zeros(300, np.int64), np.array([123]), within=True)
+    cs.run()
+    e = cs.embeddings
+    i, j = np.triu_indices(300, 1)
+    sc = (e @ e.T)[i, j]
+    imp = subj[i] != subj[j]
+    for c in range(5):
+        for ticket, mask, k in ((within, (codes[i] == c) & (codes[j] == c), keep[c]),
+                                (touch, (codes[i] == c) | (codes[j] == c), keep[c]),
+                                (small, (codes[i] == c) | (codes[j] == c), keep[c] // 2)):
+            want = np.sort(sc[imp & mask])[::-1][:k]
+            np.testing.assert_allclose(cs.top(ticket, c), want, atol=1e-6)
+    np.testing.assert_allclose(cs.top(glob, 0), np.sort(sc[imp])[::-1][:123], atol=1e-6)
+    with pytest.raises(RuntimeError, match="request before"):
+        cs.request(codes, keep, within=True)
+
+
+def test_faircal_pairs_genuine_all_and_impostors_drawn_uniformly() -> None:
+    """Genuine pairs: all of them (brute force). Impostor pairs touching a cluster, drawn with replacement: the
+    draw matches the exact set in distribution (two-sample Kolmogorov-Smirnov)."""
+    from scipy.stats import ks_2samp
+
+    from faceaudit.mitigation.methods import _genuine_pairs, _impostors_touching
+
+    rng = np.random.default_rng(6)
+    subj = rng.integers(0, 40, 200)
+    a, b = _genuine_pairs(subj)
+    i, j = np.triu_indices(200, 1)
+    want = {(int(x), int(y)) for x, y in zip(i, j, strict=True) if subj[x] == subj[y]}
+    assert set(zip(a.tolist(), b.tolist(), strict=True)) == want and len(a) == len(want)
+    emb = rng.normal(size=(200, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = (emb[:, 0] > 0.3).astype(np.int64)  # cluster 1: a cap of the sphere, unlike the rest
+    exact = _impostors_touching(emb, subj, labels, 1, 0, True, rng)
+    touch = ((labels[i] == 1) | (labels[j] == 1)) & (subj[i] != subj[j])
+    np.testing.assert_allclose(np.sort(exact), np.sort((emb @ emb.T)[i, j][touch]))
+    drawn = _impostors_touching(emb, subj, labels, 1, 20_000, False, rng)
+    assert len(drawn) == 20_000 and ks_2samp(drawn, exact).pvalue > 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ toy by hand
@@ -258,6 +315,50 @@ def test_refusals_name_their_reason() -> None:
         cross_validate(emb, subj, _grouping(g), methods=["nope"], replicates=0)
 
 
+def _with_outliers(n_per_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The population (groups tight around their directions) plus two people, three images each, opposite to both
+    groups: far from everyone, as two people of LFW are."""
+    emb, subj, _ = _population(n_per_group=n_per_group, images=3, w=(0.6, 0.7), seed=12)
+    far = np.zeros((6, emb.shape[1]), np.float32)
+    far[:, :2] = -0.7
+    far[:, -2] = np.linspace(0.0, 0.1, 6)
+    return (np.r_[emb, far / np.linalg.norm(far, axis=1, keepdims=True)],
+            np.r_[subj, ["zz1"] * 3, ["zz2"] * 3])
+
+
+def test_person_means_weigh_each_person_once() -> None:
+    """Person 0: images at 0 and 90 degrees, mean at 45; person 1: one image at 180, three times over."""
+    e = np.array([[1, 0], [0, 1], [-1, 0], [-1, 0], [-1, 0]], np.float32)
+    m = person_means(e, np.array([0, 0, 1, 1, 1]))
+    np.testing.assert_allclose(m, [[np.sqrt(0.5), np.sqrt(0.5)], [-1, 0]], atol=1e-12)
+    np.testing.assert_allclose(person_means(e[::-1], np.array([1, 1, 1, 0, 0])), m, atol=1e-12)  # order-free
+
+
+def test_a_small_outlier_cluster_is_dissolved_not_refused() -> None:
+    """The outliers get a k-means++ centre of their own; with K chosen from the data (202 people: K = 4) that
+    cluster is dissolved and its images join the nearest surviving cluster; a K given explicitly is refused."""
+    emb, subj = _with_outliers(100)
+    _KMEANS_RUNS.clear()
+    unit = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    codes = np.unique(subj, return_inverse=True)[1].ravel()
+    _, labels = kmeans(person_means(unit, codes), 4, 0)  # what cluster() runs: one vector per person
+    assert labels[-1] == labels[-2] and (labels[:-2] != labels[-1]).all(), "premise: the two outliers alone"
+    fsn = fit_fsn(emb, subj, 1e-2, seed=0)
+    assert fsn.tried[0] == 4 and len(fsn.tried) >= 2 and len(fsn.centres) == fsn.tried[-1] >= 2
+    assert fsn.cluster_subjects.min() >= 10 and fsn.cluster_images.sum() == len(emb)
+    code = fsn.codes(unit)
+    assert np.isin(code[-6:], code[:-6]).all()  # the outliers now share a cluster with ordinary people
+    fc = fit_faircal(emb, subj, seed=0, min_subjects=10)
+    assert fc.cluster_subjects.min() >= 10 and len(fc.centres) == fc.tried[-1] >= 2
+    with pytest.raises(MitigationRefused) as err:
+        fit_fsn(emb, subj, 1e-2, n_clusters=4, seed=0)
+    assert err.value.reason == "cluster_too_small" and "2 people" in str(err.value)
+    # every cluster but one short of what the method needs: nothing left to calibrate with
+    with pytest.raises(MitigationRefused, match="fewer than 2 clusters survive") as err:
+        cluster("fsn", unit, codes, None, 0, 1, lambda c: {i: "short" for i in range(1, len(c.subjects))})
+    assert err.value.reason == "cluster_too_small" and "clusters run: 4" in str(err.value)
+
+
 def test_a_group_labelled_unknown_refuses_group_thresholds_only() -> None:
     emb, subj, g = _population(n_per_group=60, images=3, w=(0.1, 0.3), seed=9)
     grouping = _grouping(g, ("A", "unknown"))
@@ -385,10 +486,9 @@ def test_same_seed_same_json_and_folds_never_leak() -> None:
 
         name, per_target, needs_labels = "spy", True, False
 
-        def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
-                seed: int) -> Calibration:
-            seen.append({int(u) for u in subjects})
-            return FsnMethod(n_clusters=2).fit(embeddings, subjects, groups, target_fmr, seed)
+        def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Callable[[], Calibration]:
+            seen.append({int(u) for u in cs.subject_ids})
+            return FsnMethod(n_clusters=2).plan(cs, target_fmr, seed)
 
     kw: dict[str, Any] = {"target_fmrs": (1e-2,), "replicates": 50, "seed": 3}
     a = cross_validate(emb, subj, _grouping(g), methods=["group_thresholds", "fsn", "faircal", Spy()], **kw)

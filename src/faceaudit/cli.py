@@ -368,6 +368,9 @@ def _intersections(values: tuple[str, ...]) -> tuple[tuple[str, ...], ...] | Non
 @click.option("--mitigate", "mitigate", multiple=True,
               help="Measure a mitigation on held-out people: group_thresholds, fsn or faircal (repeatable; "
                    "replaces [mitigation] methods).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fairness calibration (`faceaudit calibrate --method`) of the engine: audit its calibrated scores "
+                   "(replaces [system] calibration).")
 @click.option("--workers", type=int, default=None, help="Worker processes for embedding.")
 @click.option("--no-cache", is_flag=True, default=None, help="Do not read or write the embedding cache.")
 @click.option("--title", default=None, help="Report title.")
@@ -379,8 +382,9 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
           attributes: str | None, labels: str | None, engines: tuple[str, ...], embeddings: str | None,
           scores: str | None, distance: bool | None, system_name: str | None, by: tuple[str, ...],
           intersections: tuple[str, ...], fmrs: tuple[float, ...], bootstrap: int | None, permutations: int | None,
-          seed: int | None, impostor_sample: float | None, mitigate: tuple[str, ...], workers: int | None,
-          no_cache: bool | None, title: str | None, sign: str | None, quiet: bool, cluster: str | None) -> None:
+          seed: int | None, impostor_sample: float | None, mitigate: tuple[str, ...], calibration: str | None,
+          workers: int | None, no_cache: bool | None, title: str | None, sign: str | None, quiet: bool,
+          cluster: str | None) -> None:
     """Audit a face recognition system for demographic bias and write a signed, reproducible report.
 
     DATASET: a manifest (CSV/Parquet: path, subject_id, label columns), a folder with one subfolder per
@@ -404,7 +408,7 @@ def audit(dataset: str | None, config_path: str | None, out: str, fmt: str | Non
         cfg = cfg.override("dataset", format="pairs")
     engine: str | tuple[str, ...] | None = (engines[0] if len(engines) == 1 else engines) or None
     cfg = cfg.override("system", engine=engine, embeddings=here(embeddings), scores=here(scores), distance=distance,
-                       name=system_name)
+                       name=system_name, calibration=here(calibration))
     cfg = cfg.override("groups", by=by or None, intersections=_intersections(intersections))
     cfg = cfg.override("metrics", target_fmrs=fmrs or None)
     cfg = cfg.override("pairs", impostor_sample=impostor_sample)

@@ -132,12 +132,12 @@ def _tune_allocator() -> None:
 
 
 def _fold_task(emb: np.ndarray, subjects: np.ndarray, blocks: list[tuple[int, Block]], empty: PairStatistics,
-               sample: Any) -> PairStatistics:
+               sample: Any, score_map: Any = None) -> PairStatistics:
     from threadpoolctl import threadpool_limits
 
     _tune_allocator()
     with threadpool_limits(limits=1, user_api="blas"):  # one core per worker process
-        stats = fold_blocks(emb, subjects, blocks, empty, sample)
+        stats = fold_blocks(emb, subjects, blocks, empty, sample, score_map=score_map)
     stats.tail_score  # noqa: B018  - compact the tail before it is sent
     return stats
 
@@ -154,7 +154,8 @@ def run_plan_on_cluster(client: Any, plan: ComparisonPlan, *, progress: bool = F
     workers = max(1, len(client.scheduler_info()["workers"]))
     tasks = split_blocks(plan.blocks, TASKS_PER_WORKER * workers)
     emb, subj = client.scatter([plan.emb, plan.subjects], broadcast=True)  # once per worker, not per task
-    futures = [client.submit(_fold_task, emb, subj, t, plan.empty(), plan.sample, pure=False) for t in tasks]
+    smap = None if plan.score_map is None else client.scatter(plan.score_map, broadcast=True)
+    futures = [client.submit(_fold_task, emb, subj, t, plan.empty(), plan.sample, smap, pure=False) for t in tasks]
     sizes = {f.key: sum(b.pairs for _, b in t) for f, t in zip(futures, tasks, strict=True)}
     level = list(futures)
     while len(level) > 1:  # a fixed tree: the merge order never depends on which task ends first

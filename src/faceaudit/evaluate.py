@@ -22,7 +22,15 @@ from faceaudit.io.scores import iter_pairs, read_score_manifest
 from faceaudit.metrics.bootstrap import BootstrapSpec
 from faceaudit.metrics.rates import DEFAULT_FMRS, MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.metrics.result import Analysis, EvaluationResult, GroupCounts, analyse
-from faceaudit.scoring.compare import COL_BLOCK, ROW_BLOCK, ImpostorSample, plan_comparison, run_plan, score_pairs
+from faceaudit.scoring.compare import (
+    COL_BLOCK,
+    ROW_BLOCK,
+    ImpostorSample,
+    ScoreMap,
+    plan_comparison,
+    run_plan,
+    score_pairs,
+)
 from faceaudit.scoring.groups import Grouping, assign_groups, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins, coarsen
 
@@ -149,6 +157,17 @@ def _enrolled_or_fail(df: pd.DataFrame, ok: np.ndarray) -> None:
 COSINE = "cosine similarity; a pair matches when score >= threshold"
 
 
+def _scores_name(score_map: ScoreMap | None) -> str:
+    return COSINE if score_map is None else f"{score_map.name}; a pair matches when score >= threshold"
+
+
+def _bins_for(bins: ScoreBins | None, score_map: ScoreMap | None) -> ScoreBins:
+    """The bins asked for, else 20,000 over the scores' range: [-1, 1] for cosines, the calibration's own else."""
+    if bins is not None:
+        return bins
+    return ScoreBins(-1.0, 1.0, 20_000) if score_map is None else ScoreBins(score_map.lo, score_map.hi, 20_000)
+
+
 def evaluate_embeddings(
     path: str | Path,
     by: Sequence[str] = (),
@@ -198,6 +217,7 @@ def evaluate_frame(
     progress: bool = False,
     inputs: dict[str, Any] | None = None,
     cluster: Any = None,
+    score_map: ScoreMap | None = None,
 ) -> EvaluationResult:
     """Evaluate the rows of an embeddings file (as read by ``read_embeddings``): all pairs of enrolled images.
 
@@ -206,9 +226,10 @@ def evaluate_frame(
     each impostor pair with this probability (declared in the result; genuine pairs are all kept).
     Intervals and permutation tests assume all pairs, so they are not computed for a sample.
     ``cluster``: a ``distributed.Client`` to run the comparison on (:mod:`faceaudit.distributed`).
+    ``score_map``: calibrated scores instead of raw cosines (codes of the enrolled rows, in order).
     """
     groupings = [list(g) for g in groupings] if groupings is not None else groupings_of(by, intersect)
-    sc = score_all_pairs(df, groupings, target_fmrs, bins, top_k, impostor_sample, seed, progress, cluster)
+    sc = score_all_pairs(df, groupings, target_fmrs, bins, top_k, impostor_sample, seed, progress, cluster, score_map)
     return all_pairs_result(sc, df, metadata, by, intersect, groupings, alpha, bootstrap, permutations, seed, inputs)
 
 
@@ -225,11 +246,12 @@ class ScoredPairs:
     bins: ScoreBins
     tail: int
     sample: ImpostorSample | None
+    score_map: ScoreMap | None = None
 
 
 def score_all_pairs(df: pd.DataFrame, groupings: Sequence[Sequence[str]], target_fmrs: Sequence[float],
                      bins: ScoreBins | None, top_k: int | None, impostor_sample: float | None, seed: int,
-                     progress: bool, cluster: Any) -> ScoredPairs:
+                     progress: bool, cluster: Any, score_map: ScoreMap | None = None) -> ScoredPairs:
     fine = assign_groups(df, _finest(groupings))
     ok = df["ok"].to_numpy(bool)
     _enrolled_or_fail(df, ok)
@@ -240,11 +262,12 @@ def score_all_pairs(df: pd.DataFrame, groupings: Sequence[Sequence[str]], target
     n_pairs = n * (n - 1) // 2
     n_expected = int(n_pairs * (sample.rate if sample else 1.0))
     targets, skipped = _supported(target_fmrs, n_expected)
-    bins = bins or ScoreBins(-1.0, 1.0, 20_000)
+    bins = _bins_for(bins, score_map)
     # a Bernoulli sample may hold more pairs than expected: six standard deviations of margin
     margin = n_expected + (6 * math.sqrt(n_pairs * sample.rate * (1 - sample.rate)) if sample else 0)
     k = _tail_size(int(margin), targets, top_k)
-    plan = plan_comparison(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k, sample=sample)
+    plan = plan_comparison(emb, subjects[ok], fine.index[ok], fine.n_groups, bins=bins, top_k=k, sample=sample,
+                           score_map=score_map)
     if cluster is not None:
         from faceaudit.distributed import run_plan_on_cluster
 
@@ -253,7 +276,7 @@ def score_all_pairs(df: pd.DataFrame, groupings: Sequence[Sequence[str]], target
         stats = run_plan(plan, progress=progress)
     if stats.n_impostor.sum() == 0:
         raise InputError("no impostor pairs: all enrolled images belong to one subject")
-    return ScoredPairs(fine, ok, subjects, stats, targets, skipped, bins, k, sample)
+    return ScoredPairs(fine, ok, subjects, stats, targets, skipped, bins, k, sample, score_map)
 
 
 def all_pairs_result(sc: ScoredPairs, df: pd.DataFrame, metadata: dict[str, Any], by: Sequence[str], intersect: bool,
@@ -279,7 +302,7 @@ def all_pairs_result(sc: ScoredPairs, df: pd.DataFrame, metadata: dict[str, Any]
                            "all" if sample is None else
                            f"Bernoulli sample: each impostor pair kept with probability {sample.rate:g}, seed "
                            f"{sample.seed}, draws per comparison block of {ROW_BLOCK} x {COL_BLOCK} (genuine pairs: "
-                           "all)", COSINE, "all" if sample is None else "sample"),
+                           "all)", _scores_name(sc.score_map), "all" if sample is None else "sample"),
         excluded={"failed_to_enrol": int((~sc.ok).sum())},
     )
 
@@ -379,11 +402,13 @@ def evaluate_listed_pairs(
     alpha: float = 0.5,
     excluded: dict[str, int] | None = None,
     inputs: dict[str, Any] | None = None,
+    score_map: ScoreMap | None = None,
 ) -> EvaluationResult:
     """Evaluate only the listed pairs (rows ``index_a[i]``, ``index_b[i]`` of an embeddings frame).
 
     For datasets that give the pairs to compare (RFW, BFW). A pair with an image that failed to enrol
-    is left out and counted (``pair_failed_to_enrol``); genuine means same ``subject_id``.
+    is left out and counted (``pair_failed_to_enrol``); genuine means same ``subject_id``. ``score_map``:
+    calibrated scores instead of raw cosines (codes of the enrolled rows, in order).
     """
     groupings = [list(g) for g in groupings]
     fine = assign_groups(df, _finest(groupings))
@@ -399,7 +424,9 @@ def evaluate_listed_pairs(
     row_of[ok] = np.arange(int(ok.sum()))
     emb = embedding_matrix(df)
     scores = score_pairs(emb, row_of[ia], row_of[ib])
-    bins = ScoreBins(-1.0, 1.0, 20_000)
+    if score_map is not None:
+        scores = score_map.pairs(scores, row_of[ia], row_of[ib])
+    bins = _bins_for(None, score_map)
     targets, skipped = _supported(target_fmrs, int((subjects[ia] != subjects[ib]).sum()))
     stats = PairStatistics(n_groups=fine.n_groups, bins=bins, top_k=_tail_size(len(ia), targets, None))
     _fold_pairs(stats, fine, subjects, ia, ib, scores)
@@ -409,7 +436,7 @@ def evaluate_listed_pairs(
         inputs={**(inputs or {}), "engine": metadata.get("engine"), "images": len(df), "enrolled": int(ok.sum()),
                 "pairs_listed": len(index_a)},
         settings=_settings(_finest(groupings), False, groupings, targets, skipped, alpha, bins,
-                           stats.top_k, "as listed by the dataset", COSINE, "listed"),
+                           stats.top_k, "as listed by the dataset", _scores_name(score_map), "listed"),
         excluded={**(excluded or {}), "failed_to_enrol": int((~ok).sum()),
                   "pair_failed_to_enrol": int((~usable).sum())},
     )

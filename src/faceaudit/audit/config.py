@@ -59,6 +59,7 @@ class SystemConfig:
     scores: str | None = None
     distance: bool = False
     name: str | None = None
+    calibration: str | None = None  # a fairness calibration (`faceaudit calibrate --method`): audit its scores
 
     def engines(self) -> list[str | None]:
         """The engines to run: [None] (the default engine) when none is named."""
@@ -160,7 +161,8 @@ class AuditConfig:
             self,
             dataset=dataclasses.replace(d, path=fix(d.path), pairs=fix(d.pairs), image_root=fix(d.image_root),
                                         attributes=fix(d.attributes)),
-            system=dataclasses.replace(s, embeddings=fix(s.embeddings), scores=fix(s.scores)),
+            system=dataclasses.replace(s, embeddings=fix(s.embeddings), scores=fix(s.scores),
+                                       calibration=fix(s.calibration)),
             run=dataclasses.replace(self.run, cache=(fix(cache) or cache) if isinstance(cache, str) else cache),
         )
 
@@ -200,6 +202,11 @@ class AuditConfig:
             if self.pairs.impostor_sample is not None:
                 raise InputError("[pairs] impostor_sample cannot be used when comparing engines (the paired "
                                  "intervals need all pairs)")
+        if s.calibration and s.scores:
+            raise InputError("[system] calibration applies to an engine's embeddings (it maps the cosine of two "
+                             "images from their clusters); a score file holds only another system's scores")
+        if s.calibration and len(engines) > 1:
+            raise InputError("[system] calibration belongs to one engine; audit the calibrated engine alone")
         if s.distance and not s.scores:
             raise InputError("[system] distance = true applies to score files only (scores = ...)")
         if not s.embeddings and not d.path:
@@ -238,6 +245,9 @@ class AuditConfig:
                              f"got {m.folds}")
         if m.n_clusters is not None and m.n_clusters < 1:
             raise InputError(f"[mitigation] n_clusters must be at least 1, got {m.n_clusters}")
+        if m.methods and self.system.calibration:
+            raise InputError("[mitigation] measures mitigations of the raw system, and [system] calibration audits a "
+                             "calibrated one: run them as two audits (remove one of the two)")
         if m.methods and len(self.system.engines()) > 1:
             raise InputError("[mitigation] is measured in single-system audits; when comparing engines, audit each "
                              "engine alone with [mitigation] (or remove the [mitigation] methods)")

@@ -10,6 +10,11 @@ With ``[mitigation] methods``, each analysis of an all-pairs audit from images o
 the cross-validated measurement of those mitigations (:func:`faceaudit.mitigation.cross_validate`),
 seeded by ``[uncertainty] seed``; audits that cannot run them (score files, pair lists, sampled impostor
 pairs) record the refusal and its reason in ``results.json``'s ``mitigation`` section instead.
+
+With ``[system] calibration`` (a deployed fairness calibration, ``faceaudit calibrate --method``), every
+score of the audit is the calibrated score (all pairs, listed pairs and the protocol's pairs alike): an
+audit of the calibrated system, with the calibration's identity in results.json, provenance.json and
+the report. It is refused for another engine's embeddings.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +45,9 @@ from faceaudit.metrics.result import EvaluationResult
 from faceaudit.metrics.verification import kfold_accuracy
 from faceaudit.report.provenance import machine, merkle_root
 from faceaudit.scoring.compare import score_pairs
+
+if TYPE_CHECKING:
+    from faceaudit.mitigation.artefact import DeployedCalibration
 
 EXAMPLES = 5
 
@@ -67,6 +75,7 @@ class AuditInputs:
     notes: list[str] = field(default_factory=list)
     from_cache: int | None = None  # images whose embeddings came from the cache (a rerun resumes)
     mitigation: dict[str, Any] | None = None  # results.json's "mitigation" section; None when not asked for
+    calibration: dict[str, Any] | None = None  # the fairness calibration audited (its provenance), if any
 
 
 def usable_groupings(cfg: AuditConfig, columns: list[str], left_out: list[dict[str, Any]],
@@ -98,8 +107,10 @@ def enrolment_failures(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | None:
-    """Accuracy on the dataset's protocol pairs; a pair with an image that failed to enrol counts as a non-match."""
+def protocol_accuracy(ds: Dataset, frame: pd.DataFrame, fair: DeployedCalibration | None = None
+                      ) -> dict[str, Any] | None:
+    """Accuracy on the dataset's protocol pairs; a pair with an image that failed to enrol counts as a non-match.
+    ``fair``: decide on its calibrated scores."""
     if ds.protocol is None:
         return None
     pr = ds.protocol
@@ -108,13 +119,35 @@ def protocol_accuracy(ds: Dataset, frame: pd.DataFrame) -> dict[str, Any] | None
     emb[ok] = embedding_matrix(frame)
     found = (pr.index_a >= 0) & (pr.index_b >= 0)
     ia, ib = np.where(found, pr.index_a, 0), np.where(found, pr.index_b, 0)
-    scores = score_pairs(emb, ia, ib).astype(np.float64)
     failed = ~(found & ok[ia] & ok[ib])
-    scores[failed] = -np.inf
+    scores = np.full(len(ia), -np.inf)
+    if fair is None:
+        scores[~failed] = score_pairs(emb, ia[~failed], ib[~failed])
+    elif (~failed).any():
+        scores[~failed] = fair.score(emb[ia[~failed]], emb[ib[~failed]])
     acc = kfold_accuracy(scores, pr.same, pr.fold)
     return {"name": pr.name, "accuracy": acc.mean, "standard_error": acc.standard_error,
             "fold_accuracy": list(acc.fold_accuracy), "pairs": len(scores), "pairs_failed": int(failed.sum()),
             "rule": "a pair with an image that failed to enrol is decided as a non-match"}
+
+
+def load_fairness_calibration(cfg: AuditConfig, meta: dict[str, Any], files: dict[str, dict[str, str]],
+                              notes: list[str]) -> DeployedCalibration | None:
+    """``[system] calibration``, loaded and checked against the engine that made the embeddings (None: none)."""
+    path = cfg.system.calibration
+    if path is None:
+        return None
+    from faceaudit.mitigation.artefact import load_calibration
+
+    if meta.get("foreign") or not meta.get("engine"):
+        raise InputError("[system] calibration: these embeddings were not made by a faceaudit engine, and a "
+                         "calibration belongs to the engine it was fitted for; audit them without it")
+    fair = load_calibration(path, meta["engine"])
+    files["calibration"] = {"path": path, "sha256": sha256_file(path)}
+    notes.append(f"Scores are {fair.method} calibrated scores (calibration sha256 {fair.identity.sha256}, fitted on "
+                 f"{fair.dataset.get('name', 'an unnamed dataset')}): this audits the calibrated system, with its "
+                 "own global threshold at each target FMR")
+    return fair
 
 
 def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], client: Any = None) -> AuditInputs:
@@ -149,6 +182,8 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
     left_out += enrolment_failures(frame)
+    fair = load_fairness_calibration(cfg, meta, files, notes)
+    score_map = None if fair is None or not frame["ok"].any() else fair.score_map(embedding_matrix(frame))
     targets, alpha = cfg.metrics.target_fmrs, cfg.metrics.alpha
     source = {"dataset": d.path} if ds else {"embeddings": s.embeddings}
     if ds is not None and ds.listed_pairs is not None:
@@ -163,7 +198,8 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
                          + "; ".join(lp.examples.get("label_mismatch", [])[:EXAMPLES]))
         result = evaluate_listed_pairs(frame, meta, lp.index_a, lp.index_b, groupings, target_fmrs=targets,
                                        alpha=alpha,
-                                       excluded={k: v for k, v in lp.problems.items() if v}, inputs=source)
+                                       excluded={k: v for k, v in lp.problems.items() if v}, inputs=source,
+                                       score_map=score_map)
         lost = result.excluded.get("pair_failed_to_enrol", 0)
         if lost:
             left_out.append({"what": "pairs", "item": "listed pairs", "count": lost,
@@ -174,7 +210,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
     else:
         result = evaluate_frame(frame, meta, groupings=groupings, bootstrap=u.bootstrap, permutations=u.permutations,
                                 seed=u.seed, impostor_sample=cfg.pairs.impostor_sample, progress=progress,
-                                inputs=source, target_fmrs=targets, alpha=alpha, cluster=client)
+                                inputs=source, target_fmrs=targets, alpha=alpha, cluster=client, score_map=score_map)
         if result.settings.get("pairs_mode") == "sample":
             mitigation = mitigation_refused(cfg, "sampled", "impostor pairs were sampled ([pairs] impostor_sample); "
                                             "the mitigations are calibrated on, and measured on, all pairs among "
@@ -184,8 +220,8 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
     hashes = [(str(p), str(h)) for p, h in zip(frame["path"], frame["sha256"], strict=True) if isinstance(h, str)]
     images = frame[["path", "subject_id", "ok", "reason", "message"]]
     return AuditInputs(result, images, hashes, files, listing, meta.get("engine"),
-                       protocol_accuracy(ds, frame) if ds is not None else None, left_out, notes, from_cache,
-                       mitigation)
+                       protocol_accuracy(ds, frame, fair) if ds is not None else None, left_out, notes, from_cache,
+                       mitigation, None if fair is None else {**fair.provenance(), "path": cfg.system.calibration})
 
 
 def _mitigation_settings(cfg: AuditConfig) -> dict[str, Any]:
@@ -268,8 +304,12 @@ def _from_scores(cfg: AuditConfig, progress: bool, warn: Callable[[str], None]) 
     return AuditInputs(result, images, [], files, None, None, None, left_out, [], mitigation=mitigation)
 
 
-def _system(cfg: AuditConfig, engine: dict[str, Any] | None) -> dict[str, Any]:
+def _system(cfg: AuditConfig, engine: dict[str, Any] | None, calibration: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     s = cfg.system
+    if calibration is not None:
+        plain = _system(cfg, engine)
+        return {**plain, "name": f"{plain['name']}, {calibration['method']} calibrated", "calibration": calibration}
     if s.scores:
         return {"kind": "score file", "name": s.name or "an external system (its score file)",
                 "scores": "distance (lower = more alike)" if s.distance else "similarity (higher = more alike)"}
@@ -325,6 +365,7 @@ def run_audit(config: AuditConfig, out: str | Path, *, sign: str | Path | None =
     provenance = {
         "faceaudit_version": __version__,
         "engine": inputs.engine,
+        "calibration": inputs.calibration,
         **data_provenance(inputs),
         "config": config.to_dict(),
         "seed": config.uncertainty.seed,
@@ -349,7 +390,7 @@ def audit_results(config: AuditConfig, inputs: AuditInputs) -> dict[str, Any]:
     """The results document of one system: the evaluation, the protocol accuracy, and the audit's facts."""
     results = inputs.result.to_dict()
     results["protocol"] = inputs.protocol
-    results["audit"] = {"title": config.title, "system": _system(config, inputs.engine),
+    results["audit"] = {"title": config.title, "system": _system(config, inputs.engine, inputs.calibration),
                         "dataset": _dataset(config, inputs), "left_out": inputs.left_out,
                         "notes": inputs.notes}
     if inputs.mitigation is not None:

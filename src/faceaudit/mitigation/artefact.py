@@ -46,6 +46,7 @@ from faceaudit.engines.calibration import Calibration as ThresholdTable
 from faceaudit.errors import CalibrationError, InputError
 from faceaudit.mitigation.base import TopK, blocks, prepare, rank, unit_rows
 from faceaudit.mitigation.methods import FairCal, FairScoreNormalization, fit_faircal, fit_fsn
+from faceaudit.scoring.compare import ScoreMap
 
 FORMAT = "faceaudit-fairness-calibration"
 FORMAT_VERSION = 1
@@ -120,6 +121,25 @@ class DeployedCalibration:
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """Calibrated scores of pairs (rows of ``emb_a`` against rows of ``emb_b``): :func:`score_calibrated`."""
         return score_calibrated(self, emb_a, emb_b)
+
+    def score_map(self, embeddings: np.ndarray) -> ScoreMap:
+        """The calibrated scores of every pair of these images, for an audit's blocked comparison: each row's
+        cluster and the method's transform (the scores :func:`score_calibrated` gives, pair by pair).
+
+        Range of the histogram bins: FairCal's probabilities lie in [0, 1]; FSN's shifted cosines in
+        [-1 - m, 1 + m], m the largest offset's size."""
+        fitted = self.calibration
+        e = unit_rows(embeddings)
+        if e.shape[1] != fitted.centres.shape[1]:
+            raise InputError(f"embeddings of {e.shape[1]} dimensions, but the calibration's clusters have "
+                             f"{fitted.centres.shape[1]}")
+        if isinstance(fitted, FairScoreNormalization):
+            spread = float(np.abs(fitted.offsets).max())
+            lo, hi = -1.0 - spread, 1.0 + spread
+        else:
+            lo, hi = 0.0, 1.0
+        return ScoreMap(fitted.codes(e), fitted.transform, lo, hi,
+                        f"{self.method} calibrated score (calibration sha256 {self.identity.sha256})")
 
     def provenance(self) -> dict[str, Any]:
         """What a result records about the calibration it used."""

@@ -43,7 +43,7 @@ def threshold_at_fmr(impostor_scores: np.ndarray, target_fmr: float) -> float:
     s = np.asarray(impostor_scores, np.float64).ravel()
     k = rank(target_fmr, len(s))
     top = np.sort(np.partition(s, len(s) - k - 1)[len(s) - k - 1:])[::-1]
-    return _threshold_from_top(top, k)
+    return threshold_from_top(top, k)
 
 
 def rank(target_fmr: float, n: int) -> int:
@@ -55,7 +55,7 @@ def rank(target_fmr: float, n: int) -> int:
     return int(np.floor(target_fmr * n))  # < n, since target < 1
 
 
-def _threshold_from_top(top_desc: np.ndarray, k: int) -> float:
+def threshold_from_top(top_desc: np.ndarray, k: int) -> float:
     """Next float above the (k+1)-th largest score; ``top_desc`` holds at least the k + 1 largest, descending."""
     return float(np.nextafter(top_desc[k], np.inf))
 
@@ -78,7 +78,7 @@ class TopK:
         self.values = v
 
     def threshold(self, k: int) -> float:
-        return _threshold_from_top(np.sort(self.values)[::-1], k)
+        return threshold_from_top(np.sort(self.values)[::-1], k)
 
 
 # --------------------------------------------------------------------------------------- calibration pairs

@@ -113,3 +113,13 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 1, max_iter: int = 10
             best = run
     assert best is not None  # n_init >= 1
     return best[0], best[1]
+
+
+def refine(x: np.ndarray, centres: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd iterations from the given centres (no seeding): centres and labels of the partition they reach."""
+    x = np.asarray(x, np.float64)
+    c = np.asarray(centres, np.float64)
+    if not 1 <= len(c) <= len(x):
+        raise ValueError(f"k-means needs 1 <= k <= {len(x)} centres, got {len(c)}")
+    centres_out, labels, _ = _lloyd(x, (x * x).sum(axis=1), c, max_iter)
+    return centres_out, labels

@@ -1,9 +1,12 @@
 """Post-hoc mitigations of demographic differentials: group thresholds, Fair Score Normalization, FairCal.
 
 Each method is a fit / apply pair. ``fit_*`` takes calibration images: embeddings (N, D) of unit
-vectors, subject ids (N,) and, for group thresholds only, group codes (N,); it compares every pair of
-those images and returns a fitted calibration (:class:`faceaudit.mitigation.base.Calibration`): per-image
-codes and a score transform, after which one global threshold decides.
+vectors, subject ids (N,) and, for group thresholds only, group codes (N,), and returns a fitted
+calibration (:class:`faceaudit.mitigation.base.Calibration`): per-image codes and a score transform,
+after which one global threshold decides. Underneath, ``plan_*`` asks a
+:class:`faceaudit.mitigation.scan.CalibrationSet` for the impostor scores its thresholds need and
+returns the step that finishes the fit once the set's single pass over every calibration pair has
+run, so all methods and target FMRs of a cross-validation fold share that pass.
 
 Which calibration pairs. For a cluster or group c, "the pairs of c" are:
 
@@ -20,6 +23,7 @@ threshold at the FMR), and for the clustered methods ``too_few_subjects`` and ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -30,17 +34,19 @@ from faceaudit.mitigation.base import (
     Calibration,
     MitigationRefused,
     PairCounts,
-    TopK,
-    blocks,
     needed_pairs,
     pair_counts,
-    prepare,
     rank,
     require_labels,
+    threshold_from_top,
 )
 from faceaudit.mitigation.beta import BetaMap, expit, features, fit_beta
 from faceaudit.mitigation.clusters import cluster
 from faceaudit.mitigation.kmeans import nearest
+from faceaudit.mitigation.scan import CalibrationSet
+
+#: A fit waiting for its calibration set's pass (:meth:`CalibrationSet.run`): call it to get the calibration.
+Finish = Callable[[], Calibration]
 
 
 def _offset_transform(offsets: np.ndarray, scores: np.ndarray, code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
@@ -99,11 +105,21 @@ class GroupThresholds:
 def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None,
                          target_fmr: float) -> GroupThresholds:
     """Fit :class:`GroupThresholds` on calibration people (groups coded 0..G-1; -1 = no label: refused)."""
+    return plan_group_thresholds(CalibrationSet(embeddings, subjects, groups), target_fmr)()
+
+
+def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> tuple[Any, int]:
+    """Ask for the largest impostor scores over every calibration pair: the global threshold at the target."""
+    k = rank(target_fmr, n_impostor)
+    return cs.request(np.zeros(len(cs), np.int64), np.array([k + 1]), within=True), k
+
+
+def plan_group_thresholds(cs: CalibrationSet, target_fmr: float) -> Callable[[], GroupThresholds]:
+    """:func:`fit_group_thresholds` on a calibration set, finished after its pass (refusals raised now)."""
     method = GroupThresholds.method
-    e, subj = prepare(embeddings, subjects)
-    g = require_labels(method, len(e), groups)
+    g = require_labels(method, len(cs), cs.groups)
     n_groups = int(g.max()) + 1
-    counts = pair_counts(subj, g, n_groups)
+    counts = pair_counts(cs.subjects, g, n_groups)
     need = needed_pairs(target_fmr)
     small = [i for i in range(n_groups) if counts.images[i] > 0 and counts.within_impostor[i] < need]
     if small:
@@ -113,16 +129,18 @@ def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: n
     if counts.impostor < need:
         raise MitigationRefused(method, "too_few_subjects", f"{counts.impostor} calibration impostor pairs; "
                                 f"a threshold at FMR {target_fmr:g} needs {need}")
-    k_all = rank(target_fmr, counts.impostor)
-    k_g = [rank(target_fmr, int(n)) if n else 0 for n in counts.within_impostor]
-    top_all, top_g = TopK(k_all), [TopK(k) for k in k_g]
-    for blk in blocks(e, subj, g, n_groups):
-        imp = ~blk.same
-        top_all.add(blk.scores[blk.once & imp])
-        top_g[blk.code].add(blk.scores[blk.within & imp])
-    thr = np.array([top_g[i].threshold(k_g[i]) if counts.within_impostor[i] else np.nan for i in range(n_groups)])
-    return GroupThresholds(target_fmr=target_fmr, global_threshold=top_all.threshold(k_all), thresholds=thr,
-                           impostor_pairs=counts.within_impostor.copy(), subjects=counts.subjects.copy())
+    t_all, k_all = _global_request(cs, target_fmr, counts.impostor)
+    k_g = [rank(target_fmr, int(n)) if n else -1 for n in counts.within_impostor]
+    t_g = cs.request(g, np.array(k_g) + 1, within=True)
+
+    def finish() -> GroupThresholds:
+        thr = np.array([threshold_from_top(cs.top(t_g, i), k_g[i]) if k_g[i] >= 0 else np.nan
+                        for i in range(n_groups)])
+        return GroupThresholds(target_fmr=target_fmr, global_threshold=threshold_from_top(cs.top(t_all, 0), k_all),
+                               thresholds=thr, impostor_pairs=counts.within_impostor.copy(),
+                               subjects=counts.subjects.copy())
+
+    return finish
 
 
 # --------------------------------------------------------------------------------------- FSN
@@ -179,27 +197,33 @@ class FairScoreNormalization:
 def fit_fsn(embeddings: np.ndarray, subjects: np.ndarray, target_fmr: float, *, n_clusters: int | None = None,
             seed: int = 0, min_subjects: int = 10) -> FairScoreNormalization:
     """Fit :class:`FairScoreNormalization` at ``target_fmr`` on calibration people."""
+    cs = CalibrationSet(embeddings, subjects)
+    return plan_fsn(cs, target_fmr, n_clusters=n_clusters, seed=seed, min_subjects=min_subjects)()
+
+
+def plan_fsn(cs: CalibrationSet, target_fmr: float, *, n_clusters: int | None = None, seed: int = 0,
+             min_subjects: int = 10) -> Callable[[], FairScoreNormalization]:
+    """:func:`fit_fsn` on a calibration set, finished after its pass (refusals raised now)."""
     method = FairScoreNormalization.method
-    e, subj = prepare(embeddings, subjects)
     need = needed_pairs(target_fmr)
 
-    def too_small(c: PairCounts) -> list[str]:
-        return [f"cluster {i}: {int(n)} impostor pairs (a threshold at FMR {target_fmr:g} needs {need})"
-                for i, n in enumerate(c.touch_impostor) if n < need]
+    def too_small(c: PairCounts) -> dict[int, str]:
+        return {i: f"{int(n)} impostor pairs (a threshold at FMR {target_fmr:g} needs {need})"
+                for i, n in enumerate(c.touch_impostor) if n < need}
 
-    cl = cluster(method, e, subj, n_clusters, seed, min_subjects, too_small)
-    k_all = rank(target_fmr, cl.counts.impostor)
+    cl = cluster(method, cs.embeddings, cs.subjects, n_clusters, seed, min_subjects, too_small)
+    t_all, k_all = _global_request(cs, target_fmr, cl.counts.impostor)
     k_c = [rank(target_fmr, int(n)) for n in cl.counts.touch_impostor]
-    top_all, top_c = TopK(k_all), [TopK(k) for k in k_c]
-    for blk in blocks(e, subj, cl.labels, len(cl.centres)):
-        imp = ~blk.same
-        top_all.add(blk.scores[blk.once & imp])
-        top_c[blk.code].add(blk.scores[blk.touch & imp])
-    return FairScoreNormalization(
-        target_fmr=target_fmr, centres=cl.centres, global_threshold=top_all.threshold(k_all),
-        cluster_thresholds=np.array([t.threshold(k) for t, k in zip(top_c, k_c, strict=True)]),
-        cluster_images=cl.counts.images, cluster_subjects=cl.counts.subjects,
-        cluster_impostor_pairs=cl.counts.touch_impostor, tried=cl.tried)
+    t_c = cs.request(cl.labels, np.array(k_c) + 1, within=False)
+
+    def finish() -> FairScoreNormalization:
+        return FairScoreNormalization(
+            target_fmr=target_fmr, centres=cl.centres, global_threshold=threshold_from_top(cs.top(t_all, 0), k_all),
+            cluster_thresholds=np.array([threshold_from_top(cs.top(t_c, c), k) for c, k in enumerate(k_c)]),
+            cluster_images=cl.counts.images, cluster_subjects=cl.counts.subjects,
+            cluster_impostor_pairs=cl.counts.touch_impostor, tried=cl.tried)
+
+    return finish
 
 
 # --------------------------------------------------------------------------------------- FairCal
@@ -223,10 +247,13 @@ class FairCal:
 
     Two choices of ours, for all-pairs data. Impostor pairs outnumber genuine ones by far (the paper's
     RFW and BFW pair lists are balanced), so each cluster's fit weighs the two classes equally
-    (class-balanced weights, as scikit-learn's ``class_weight="balanced"``) and uses at most
-    ``max_impostors`` of its impostor pairs, drawn uniformly with a seeded generator: otherwise the
-    calibrated value would carry each cluster's own genuine/impostor ratio, which depends on how many
-    images per person it holds rather than on how alike faces are. theta uses the full pair counts.
+    (class-balanced weights, as scikit-learn's ``class_weight="balanced"``): otherwise the calibrated
+    value would carry each cluster's own genuine/impostor ratio, which depends on how many images per
+    person it holds rather than on how alike faces are. And a three-parameter map needs no million
+    pairs: a cluster with more than ``max_pairs`` impostor (or genuine) pairs is fitted on
+    ``max_pairs`` of them drawn uniformly, with replacement, by a seeded generator (impostors: an image
+    of the cluster, then any image of another person, a pair within the cluster kept with probability
+    1/2 as it can be drawn from either end); otherwise on all of them. theta uses the full pair counts.
     """
 
     centres: np.ndarray  # (K, D)
@@ -268,40 +295,95 @@ class FairCal:
 
 
 def fit_faircal(embeddings: np.ndarray, subjects: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
-                min_subjects: int = 10, min_genuine: int = 10, max_impostors: int = 50_000,
-                ridge: float = 1e-3) -> FairCal:
+                min_subjects: int = 10, min_genuine: int = 10, max_pairs: int = 10_000, ridge: float = 1e-3) -> FairCal:
     """Fit :class:`FairCal` on calibration people (``min_genuine``: genuine pairs each cluster's map needs)."""
+    return plan_faircal(CalibrationSet(embeddings, subjects), n_clusters=n_clusters, seed=seed,
+                        min_subjects=min_subjects, min_genuine=min_genuine, max_pairs=max_pairs, ridge=ridge)()
+
+
+def _genuine_pairs(subj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every genuine pair (i < j, same subject) of the calibration images."""
+    order = np.argsort(subj, kind="stable")
+    starts = np.flatnonzero(np.r_[True, subj[order][1:] != subj[order][:-1]])
+    sizes = np.diff(np.r_[starts, len(subj)])
+    ia, ib = [], []
+    for m in np.unique(sizes[sizes > 1]):  # one triangle per size of subject, applied to all of that size
+        i, j = np.triu_indices(int(m), k=1)
+        first = starts[sizes == m]
+        ia.append(order[(first[:, None] + i[None, :]).ravel()])
+        ib.append(order[(first[:, None] + j[None, :]).ravel()])
+    if not ia:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    a, b = np.concatenate(ia), np.concatenate(ib)
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _dot(e: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    out = np.empty(len(a))
+    for s in range(0, len(a), chunk):
+        out[s:s + chunk] = np.einsum("ij,ij->i", e[a[s:s + chunk]], e[b[s:s + chunk]])
+    return out
+
+
+def _impostors_touching(e: np.ndarray, subj: np.ndarray, labels: np.ndarray, c: int, n: int, exact: bool,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Scores of cluster c's impostor pairs (at least one image in c): all of them, or ``n`` drawn uniformly with
+    replacement (class docstring)."""
+    rows = np.flatnonzero(labels == c)
+    if exact:
+        s = (e[rows] @ e.T).astype(np.float64)
+        keep = (subj[rows][:, None] != subj[None, :]) & ((labels != c)[None, :]
+                                                          | (np.arange(len(e))[None, :] > rows[:, None]))
+        out: np.ndarray = s[keep]
+        return out
+    got: list[np.ndarray] = []
+    have = 0
+    while have < n:
+        i = rows[rng.integers(len(rows), size=2 * n)]
+        j = rng.integers(len(e), size=2 * n)
+        ok = (subj[i] != subj[j]) & ((labels[j] != c) | (rng.random(2 * n) < 0.5))
+        i, j = i[ok], j[ok]
+        got.append(_dot(e, i, j)[:n - have])
+        have += len(got[-1])
+    return np.concatenate(got)
+
+
+def plan_faircal(cs: CalibrationSet, *, n_clusters: int | None = None, seed: int = 0, min_subjects: int = 10,
+                 min_genuine: int = 10, max_pairs: int = 10_000, ridge: float = 1e-3) -> Callable[[], FairCal]:
+    """:func:`fit_faircal` on a calibration set (refusals raised now; it needs none of the set's pass)."""
     method = FairCal.method
-    e, subj = prepare(embeddings, subjects)
 
-    def too_small(c: PairCounts) -> list[str]:
-        return [f"cluster {i}: {int(n)} genuine pairs (its calibration map needs {min_genuine})"
-                for i, n in enumerate(c.touch_genuine) if n < min_genuine]
+    def too_small(c: PairCounts) -> dict[int, str]:
+        return {i: f"{int(n)} genuine pairs (its calibration map needs {min_genuine})"
+                for i, n in enumerate(c.touch_genuine) if n < min_genuine}
 
+    e, subj = cs.embeddings, cs.subjects
     cl = cluster(method, e, subj, n_clusters, seed, min_subjects, too_small)
-    k = len(cl.centres)
-    rate = np.minimum(1.0, max_impostors / np.maximum(cl.counts.touch_impostor, 1))
-    rng = np.random.default_rng([seed, 0xFC, 1])  # 3 entries: never a bootstrap stream
-    gen: list[list[np.ndarray]] = [[] for _ in range(k)]
-    imp: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for blk in blocks(e, subj, cl.labels, k):
-        g = blk.scores[blk.touch & blk.same]
-        i = blk.scores[blk.touch & ~blk.same]
-        gen[blk.code].append(g)
-        imp[blk.code].append(i[rng.random(len(i)) < rate[blk.code]] if rate[blk.code] < 1 else i)
-    maps = np.zeros((k, 3))
-    used = np.zeros(k, np.int64)
-    for c in range(k):
-        g, i = np.concatenate(gen[c]), np.concatenate(imp[c])
-        used[c] = len(i)
-        n = len(g) + len(i)
-        w = np.concatenate([np.full(len(g), n / (2 * len(g))), np.full(len(i), n / (2 * len(i)))])
-        bm = fit_beta(np.concatenate([g, i]), np.r_[np.ones(len(g), bool), np.zeros(len(i), bool)], w, ridge)
-        maps[c] = (bm.a, bm.b, bm.c)
-    counts = cl.counts
-    return FairCal(centres=cl.centres, maps=maps, pair_weights=(counts.touch_genuine + counts.touch_impostor),
-                   cluster_images=counts.images, cluster_subjects=counts.subjects, genuine_pairs=counts.touch_genuine,
-                   impostor_pairs=counts.touch_impostor, impostors_used=used, tried=cl.tried)
+
+    def finish() -> FairCal:
+        k = len(cl.centres)
+        counts = cl.counts
+        rng = np.random.default_rng([seed, 0xFC, 1])  # 3 entries: never a bootstrap stream
+        ga, gb = _genuine_pairs(subj)
+        gen_scores = _dot(e, ga, gb)
+        maps = np.zeros((k, 3))
+        used = np.zeros(k, np.int64)
+        for c in range(k):
+            g = gen_scores[(cl.labels[ga] == c) | (cl.labels[gb] == c)]
+            if len(g) > max_pairs:
+                g = g[rng.integers(len(g), size=max_pairs)]
+            imp = _impostors_touching(e, subj, cl.labels, c, max_pairs, counts.touch_impostor[c] <= max_pairs, rng)
+            used[c] = len(imp)
+            n = len(g) + len(imp)
+            w = np.concatenate([np.full(len(g), n / (2 * len(g))), np.full(len(imp), n / (2 * len(imp)))])
+            bm = fit_beta(np.concatenate([g, imp]), np.r_[np.ones(len(g), bool), np.zeros(len(imp), bool)], w, ridge)
+            maps[c] = (bm.a, bm.b, bm.c)
+        return FairCal(centres=cl.centres, maps=maps, pair_weights=(counts.touch_genuine + counts.touch_impostor),
+                       cluster_images=counts.images, cluster_subjects=counts.subjects,
+                       genuine_pairs=counts.touch_genuine, impostor_pairs=counts.touch_impostor, impostors_used=used,
+                       tried=cl.tried)
+
+    return finish
 
 
 # --------------------------------------------------------------------------------------- method specs
@@ -320,8 +402,10 @@ class Method(Protocol):
     @property
     def needs_labels(self) -> bool: ...
 
-    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
-            seed: int) -> Calibration: ...
+    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+        """Ask ``cs`` for what the fit needs (raise MitigationRefused now if it cannot be fitted) and return the
+        step that finishes it after ``cs.run()``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -330,9 +414,8 @@ class GroupThresholdsMethod:
     per_target: bool = True
     needs_labels: bool = True
 
-    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
-            seed: int) -> Calibration:
-        return fit_group_thresholds(embeddings, subjects, groups, target_fmr)
+    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+        return plan_group_thresholds(cs, target_fmr)
 
 
 @dataclass(frozen=True)
@@ -343,10 +426,8 @@ class FsnMethod:
     per_target: bool = True
     needs_labels: bool = False
 
-    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
-            seed: int) -> Calibration:
-        return fit_fsn(embeddings, subjects, target_fmr, n_clusters=self.n_clusters, seed=seed,
-                       min_subjects=self.min_subjects)
+    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+        return plan_fsn(cs, target_fmr, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects)
 
 
 @dataclass(frozen=True)
@@ -354,16 +435,14 @@ class FairCalMethod:
     n_clusters: int | None = None
     min_subjects: int = 10
     min_genuine: int = 10
-    max_impostors: int = 50_000
+    max_pairs: int = 10_000
     name: str = "faircal"
     per_target: bool = False
     needs_labels: bool = False
 
-    def fit(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None, target_fmr: float,
-            seed: int) -> Calibration:
-        return fit_faircal(embeddings, subjects, n_clusters=self.n_clusters, seed=seed,
-                           min_subjects=self.min_subjects, min_genuine=self.min_genuine,
-                           max_impostors=self.max_impostors)
+    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+        return plan_faircal(cs, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects,
+                            min_genuine=self.min_genuine, max_pairs=self.max_pairs)
 
 
 METHOD_NAMES = ("group_thresholds", "fsn", "faircal")

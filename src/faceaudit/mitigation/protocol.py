@@ -46,8 +46,9 @@ from faceaudit.metrics.comparison import SUMMARY_MEASURES, PairedDifference
 from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES, Threshold
 from faceaudit.metrics.summary import summarise
 from faceaudit.mitigation.base import Calibration, MitigationRefused, threshold_at_fmr, unit_rows
-from faceaudit.mitigation.methods import METHOD_NAMES, Method, method
+from faceaudit.mitigation.methods import METHOD_NAMES, Finish, Method, method
 from faceaudit.mitigation.result import UNMITIGATED, Fold, MethodResult, MitigationResult, SystemResult, rates
+from faceaudit.mitigation.scan import CalibrationSet
 from faceaudit.scoring.groups import UNKNOWN, Grouping, cell_index
 from faceaudit.scoring.stats import PairStatistics, ScoreBins
 
@@ -264,9 +265,9 @@ def cross_validate(
     of the same rows (an ``unknown`` label is a group for measuring, but group thresholds refuse it: they
     need each person's group). ``methods``: built-in names (:data:`METHOD_NAMES`) or :class:`Method`
     objects; ``n_clusters`` applies to the built-in FSN and FairCal (None: chosen from the data).
-    ``replicates`` = 0 switches the bootstrap off (no intervals, no calls). A method's ``fit`` receives
-    the calibration rows' embeddings, subject codes (positions in the sorted ids) and group codes (-1
-    for an unknown label), the target FMR and ``seed``.
+    ``replicates`` = 0 switches the bootstrap off (no intervals, no calls). A method's ``plan`` receives
+    the fold's :class:`faceaudit.mitigation.scan.CalibrationSet` (the calibration rows' embeddings,
+    subject codes, group codes with -1 for an unknown label), the target FMR and ``seed``.
     """
     emb = unit_rows(embeddings)
     n = len(emb)
@@ -332,20 +333,31 @@ def cross_validate(
 
         for target in targets:
             measure(UNMITIGATED, target, s)
+        # every method and target asks one calibration set; its single pass over the pairs serves them all
+        cs = CalibrationSet(emb[cal], subj[cal], method_groups[cal])
+        pending: list[tuple[Method, float, list[float], Finish]] = []  # method, its fit target, targets served
         for m in mlist:
             live = [t for t in targets if (m.name, t) not in refused]
             for fit_target in (live if m.per_target else live[:1]):
+                serves = [fit_target] if m.per_target else live
                 try:
-                    c: Calibration = m.fit(emb[cal], subj[cal], method_groups[cal], fit_target, seed)
-                    code = c.codes(e, method_groups[held])
-                    mitigated = c.transform(s, code[i], code[j])
+                    pending.append((m, fit_target, serves, m.plan(cs, fit_target, seed)))
                 except MitigationRefused as err:
-                    for t in (live if not m.per_target else [fit_target]):
+                    for t in serves:
                         refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": f}
-                    continue
-                for t in ([fit_target] if m.per_target else live):
-                    fitted.setdefault((m.name, t), []).append({"fold": f, **c.to_dict()})
-                    measure(m.name, t, mitigated)
+        cs.run()
+        for m, _, serves, finish in pending:
+            try:
+                c: Calibration = finish()
+                code = c.codes(e, method_groups[held])
+                mitigated = c.transform(s, code[i], code[j])
+            except MitigationRefused as err:
+                for t in serves:
+                    refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": f}
+                continue
+            for t in serves:
+                fitted.setdefault((m.name, t), []).append({"fold": f, **c.to_dict()})
+                measure(m.name, t, mitigated)
 
     base: dict[float, SystemResult] = {}
     results: list[MethodResult] = []

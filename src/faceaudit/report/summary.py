@@ -48,6 +48,10 @@ def render_summary(results: dict[str, Any], provenance: dict[str, Any]) -> str:
     lines = [f"# {t(audit.get('title', 'Demographic audit'))}", ""]
     lines += ["## System and data", "",
               f"- System: {t(system.get('name', 'n/a'))} ({t(system.get('kind', 'n/a'))})",
+              *([] if not system.get("calibration") else [
+                  f"- Calibration: every score is the {t(system['calibration']['method'])} calibrated score "
+                  f"(calibration sha256 `{t(system['calibration']['sha256'])}`, fitted on "
+                  f"{t(system['calibration'].get('dataset') or 'an unnamed dataset')})"]),
               f"- Dataset: {t(ds.get('name', 'n/a'))}: {ds.get('images', 0):,} images of {ds.get('subjects', 0):,} "
               f"people, {ds.get('enrolled', 0):,} usable",
               f"- Demographic labels: {t(ds.get('labels') or 'source not stated')}",

@@ -9,6 +9,10 @@ them and fold into their own statistics; the partial statistics are merged exact
 releases the GIL in matrix products and ufuncs, so the fold of one block overlaps the product of
 another. Blocks of 512 x 1024 scores (2 MB, one core's L2 cache) are folded while still in cache;
 this size measured fastest here.
+
+A :class:`ScoreMap` (a deployed fairness calibration, :mod:`faceaudit.mitigation.artefact`) turns each
+block's raw cosines into calibrated scores before the fold, so an audit of a calibrated system streams
+exactly as a raw one does.
 """
 
 from __future__ import annotations
@@ -66,6 +70,34 @@ def plan_blocks(starts: np.ndarray, n_groups: int, row_block: int = ROW_BLOCK,
 
 
 @dataclass(frozen=True)
+class ScoreMap:
+    """Calibrated scores of pairs from their raw cosine and one integer code per image.
+
+    ``codes``: each row's code (its calibration cluster), in the caller's row order; ``transform(raw,
+    codes_a, codes_b)``: the calibrated scores, broadcasting a block (r, c) against codes (r, 1) and
+    (1, c). It must be picklable (a Dask worker applies it). ``lo``/``hi``: the range the calibrated
+    scores can take, for the histogram bins. ``name``: what the results say the scores are.
+    """
+
+    codes: np.ndarray
+    transform: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    lo: float
+    hi: float
+    name: str
+
+    def block(self, raw: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Calibrated float32 scores of a block: rows and cols are positions in the row order of ``codes``."""
+        return np.asarray(self.transform(raw, self.codes[rows][:, None], self.codes[cols][None, :]), np.float32)
+
+    def pairs(self, raw: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Calibrated float32 scores of listed pairs of rows."""
+        return np.asarray(self.transform(raw, self.codes[a], self.codes[b]), np.float32)
+
+    def reordered(self, order: np.ndarray) -> ScoreMap:
+        return ScoreMap(self.codes[order], self.transform, self.lo, self.hi, self.name)
+
+
+@dataclass(frozen=True)
 class ImpostorSample:
     """A declared sampling of impostor pairs: each is kept independently with probability ``rate``.
 
@@ -97,8 +129,8 @@ def _fold_sampled(stats: PairStatistics, scores: np.ndarray, sr: np.ndarray, sc:
 
 
 def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Block, index: int = 0,
-               sample: ImpostorSample | None = None) -> None:
-    """Compare one block (number ``index`` of the plan) and fold its scores into ``stats``."""
+               sample: ImpostorSample | None = None, score_map: ScoreMap | None = None) -> None:
+    """Compare one block (number ``index`` of the plan) and fold its (calibrated) scores into ``stats``."""
     if blk.pairs == 0:
         return
     cols = emb[blk.c0:blk.c1]
@@ -107,6 +139,8 @@ def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Bl
         # whether NumPy takes it depends on how the array was allocated (not on a Dask worker's copy).
         cols = cols.copy()
     scores = emb[blk.r0:blk.r1] @ cols.T
+    if score_map is not None:
+        scores = score_map.block(scores, np.arange(blk.r0, blk.r1), np.arange(blk.c0, blk.c1))
     sr, sc = subj[blk.r0:blk.r1], subj[blk.c0:blk.c1]
     if sample is not None and sample.rate < 1.0:
         _fold_sampled(stats, scores, sr, sc, blk, index, sample)
@@ -162,6 +196,7 @@ class ComparisonPlan:
     bins: ScoreBins
     top_k: int
     sample: ImpostorSample | None
+    score_map: ScoreMap | None = None  # in the plan's row order
 
     @property
     def pairs(self) -> int:
@@ -182,6 +217,7 @@ def plan_comparison(
     row_block: int = ROW_BLOCK,
     col_block: int = COL_BLOCK,
     sample: ImpostorSample | None = None,
+    score_map: ScoreMap | None = None,
 ) -> ComparisonPlan:
     """Order rows by group then subject and plan the blocks (see :func:`compare_embeddings`)."""
     emb = np.ascontiguousarray(embeddings, np.float32)
@@ -190,18 +226,21 @@ def plan_comparison(
     n = len(emb)
     if not (len(subjects) == len(groups) == n):
         raise ValueError(f"{n} embeddings, {len(subjects)} subjects, {len(groups)} groups: lengths differ")
+    if score_map is not None and len(score_map.codes) != n:
+        raise ValueError(f"{n} embeddings but {len(score_map.codes)} calibration codes")
     order = np.lexsort((subjects, groups))
     emb, subjects, groups = emb[order], subjects[order], groups[order]
     starts = np.searchsorted(groups, np.arange(n_groups + 1))
     return ComparisonPlan(emb, subjects, plan_blocks(starts, n_groups, row_block, col_block), n_groups,
-                          bins or ScoreBins(), top_k, sample)
+                          bins or ScoreBins(), top_k, sample, None if score_map is None else score_map.reordered(order))
 
 
 def fold_blocks(emb: np.ndarray, subjects: np.ndarray, blocks: list[tuple[int, Block]], stats: PairStatistics,
-                sample: ImpostorSample | None = None, done: Callable[[int], object] | None = None) -> PairStatistics:
+                sample: ImpostorSample | None = None, done: Callable[[int], object] | None = None,
+                score_map: ScoreMap | None = None) -> PairStatistics:
     """Fold the numbered blocks into ``stats`` (single-threaded BLAS is the caller's choice); returns it."""
     for index, blk in blocks:
-        fold_block(stats, emb, subjects, blk, index, sample)
+        fold_block(stats, emb, subjects, blk, index, sample, score_map)
         if done is not None:
             done(blk.pairs)
     return stats
@@ -243,7 +282,7 @@ def run_plan(plan: ComparisonPlan, *, threads: int | None = None, progress: bool
     parts = [plan.empty() for _ in range(threads)]
 
     def run(k: int) -> None:
-        fold_blocks(plan.emb, plan.subjects, numbered[k::threads], parts[k], plan.sample, bar.update)
+        fold_blocks(plan.emb, plan.subjects, numbered[k::threads], parts[k], plan.sample, bar.update, plan.score_map)
 
     try:
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:

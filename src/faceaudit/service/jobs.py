@@ -270,7 +270,7 @@ def _with_run(cfg: AuditConfig, cache: Path, cluster: str | None) -> AuditConfig
 
 #: The config's file keys: (section, key) -> how the refusal names it.
 _PATH_KEYS = (("dataset", "path"), ("dataset", "pairs"), ("dataset", "image_root"), ("dataset", "attributes"),
-              ("system", "embeddings"), ("system", "scores"))
+              ("system", "embeddings"), ("system", "scores"), ("system", "calibration"))
 
 
 def check_under_root(cfg: AuditConfig, raw: dict[str, Any], root: Path) -> None:
