@@ -30,6 +30,7 @@ from faceaudit.mitigation import (
     apply_all_pairs,
     apply_pairs,
     cross_validate,
+    cross_validate_analyses,
     fit_faircal,
     fit_fsn,
     fit_group_thresholds,
@@ -359,6 +360,24 @@ def test_a_small_outlier_cluster_is_dissolved_not_refused() -> None:
     assert err.value.reason == "cluster_too_small" and "clusters run: 4" in str(err.value)
 
 
+def test_analyses_share_folds_and_label_free_fits() -> None:
+    """Several groupings at once: a grouping given twice gives cross_validate's result twice (same folds, same
+    fits); a second grouping shares the folds and the FSN and FairCal fits, and gets its own group thresholds."""
+    emb, subj, g = _population(n_per_group=60, images=3, w=(0.1, 0.3), seed=13)
+    kw: dict[str, Any] = {"target_fmrs": (1e-2,), "replicates": 30, "seed": 1, "n_clusters": 2}
+    one = cross_validate(emb, subj, _grouping(g), **kw)
+    text = json.dumps(one.to_dict(), sort_keys=True, allow_nan=False)
+    twice = cross_validate_analyses(emb, subj, [_grouping(g), _grouping(g)], **kw)
+    assert [json.dumps(r.to_dict(), sort_keys=True, allow_nan=False) for r in twice] == [text, text]
+    other = np.asarray([int(u[1:]) % 3 for u in subj])  # a second grouping, across the first
+    a, b = cross_validate_analyses(emb, subj, [_grouping(g), _grouping(other, ("X", "Y", "Z"))], **kw)
+    np.testing.assert_array_equal(a.fold_of_subject, b.fold_of_subject)
+    for m in ("fsn", "faircal"):
+        assert a.outcome(m, 1e-2).calibrations == b.outcome(m, 1e-2).calibrations
+    ga, gb = a.outcome("group_thresholds", 1e-2).calibrations, b.outcome("group_thresholds", 1e-2).calibrations
+    assert len(ga[0]["group_thresholds"]) == 2 and len(gb[0]["group_thresholds"]) == 3
+
+
 def test_a_group_labelled_unknown_refuses_group_thresholds_only() -> None:
     emb, subj, g = _population(n_per_group=60, images=3, w=(0.1, 0.3), seed=9)
     grouping = _grouping(g, ("A", "unknown"))
@@ -486,9 +505,10 @@ def test_same_seed_same_json_and_folds_never_leak() -> None:
 
         name, per_target, needs_labels = "spy", True, False
 
-        def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Callable[[], Calibration]:
+        def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float,
+                 seed: int) -> Callable[[], Calibration]:
             seen.append({int(u) for u in cs.subject_ids})
-            return FsnMethod(n_clusters=2).plan(cs, target_fmr, seed)
+            return FsnMethod(n_clusters=2).plan(cs, groups, target_fmr, seed)
 
     kw: dict[str, Any] = {"target_fmrs": (1e-2,), "replicates": 50, "seed": 3}
     a = cross_validate(emb, subj, _grouping(g), methods=["group_thresholds", "fsn", "faircal", Spy()], **kw)

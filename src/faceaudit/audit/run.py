@@ -240,35 +240,32 @@ def mitigation_refused(cfg: AuditConfig, reason: str, why: str, warn: Callable[[
 
 
 def run_mitigation(cfg: AuditConfig, frame: pd.DataFrame, groupings: list[list[str]]) -> dict[str, Any] | None:
-    """Cross-validate the mitigations asked for, per analysis, on the enrolled images' embeddings (all pairs).
+    """Cross-validate the mitigations asked for on the enrolled images' embeddings (all pairs), for every analysis
+    at once (:func:`faceaudit.mitigation.cross_validate_analyses`: the folds and the label-free fits are shared).
 
-    A grouping on which the protocol itself refuses (too few people for the folds, no target FMR
-    supported by a held-out fold) is recorded with its reason; the others carry
+    When the protocol itself refuses (too few people for the folds, no target FMR supported by a held-out
+    fold), every analysis records the reason; otherwise each carries
     :meth:`faceaudit.mitigation.MitigationResult.to_dict`, where each method's own refusals are.
     """
-    from faceaudit.mitigation import MitigationRefused, cross_validate
+    from faceaudit.mitigation import MitigationRefused, cross_validate_analyses
     from faceaudit.scoring.groups import assign_groups
 
     m, u = cfg.mitigation, cfg.uncertainty
     if not m.methods:
         return None
-    ok = frame["ok"].to_numpy(bool)
-    enrolled = frame[ok]
-    emb = embedding_matrix(frame)
+    enrolled = frame[frame["ok"].to_numpy(bool)]
     subjects = enrolled["subject_id"].astype(str).to_numpy()
-    analyses = []
-    for attrs in groupings:
-        entry: dict[str, Any] = {"attributes": list(attrs), "refused": None, "result": None}
-        try:
-            res = cross_validate(emb, subjects, assign_groups(enrolled, attrs), m.methods, cfg.metrics.target_fmrs,
-                                 folds=m.folds, seed=u.seed, replicates=u.bootstrap, alpha=cfg.metrics.alpha,
-                                 n_clusters=m.n_clusters)
-            entry["result"] = res.to_dict()
-        except MitigationRefused as err:
-            entry["refused"] = {"reason": err.reason, "message": str(err)}
-        analyses.append(entry)
+    try:
+        results = cross_validate_analyses(embedding_matrix(frame), subjects,
+                                          [assign_groups(enrolled, attrs) for attrs in groupings], m.methods,
+                                          cfg.metrics.target_fmrs, folds=m.folds, seed=u.seed,
+                                          replicates=u.bootstrap, alpha=cfg.metrics.alpha, n_clusters=m.n_clusters)
+        analyses = [{"attributes": list(attrs), "refused": None, "result": res.to_dict()}
+                    for attrs, res in zip(groupings, results, strict=True)]
+    except MitigationRefused as err:
+        analyses = [{"attributes": list(attrs), "refused": {"reason": err.reason, "message": str(err)},
+                     "result": None} for attrs in groupings]
     return {**_mitigation_settings(cfg), "refused": None, "analyses": analyses}
-
 
 
 def _ignored(cfg: AuditConfig, what: str, warn: Callable[[str], None]) -> None:

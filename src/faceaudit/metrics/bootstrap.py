@@ -103,36 +103,45 @@ class ReplicateCounts:
 def replicate_counts(stats: PairStatistics, images_per_subject: np.ndarray, threshold: Threshold,
                      draws: np.ndarray) -> ReplicateCounts:
     """Within-group counts of each replicate (formulas in the module docstring); ``draws`` is (R, S)."""
-    n_sg = np.asarray(images_per_subject, np.float64)
-    draws = np.asarray(draws, np.float64)
-    g = n_sg.shape[1]
+    g = np.asarray(images_per_subject).shape[1]
     diag = cell_index(np.arange(g), np.arange(g), g)
     group_of_cell = np.full(stats.impostor_hist.shape[0], -1)
     group_of_cell[diag] = np.arange(g)
-
     scores, cells, subj = stats.genuine()
     gg = group_of_cell[cells] if len(cells) else np.empty(0, np.int64)
     within = gg >= 0
+    above = stats.tail_score >= threshold.value
+    tg = group_of_cell[stats.tail_cell[above]]
+    return counts_from_pairs(images_per_subject, draws, subj[within], gg[within], scores[within] < threshold.value,
+                             tg[tg >= 0], stats.tail_subject_a[above][tg >= 0], stats.tail_subject_b[above][tg >= 0],
+                             stats.n_impostor[diag])
+
+
+def counts_from_pairs(images_per_subject: np.ndarray, draws: np.ndarray, genuine_subject: np.ndarray,
+                      genuine_group: np.ndarray, genuine_missed: np.ndarray, fm_group: np.ndarray,
+                      fm_subject_a: np.ndarray, fm_subject_b: np.ndarray,
+                      impostor_pairs: np.ndarray) -> ReplicateCounts:
+    """:func:`replicate_counts` from the decisions themselves: each within-group genuine pair (its subject, group,
+    and whether it was missed), each within-group false match (its group and two subjects), and the observed
+    within-group impostor pairs per group (the replicates' follow from the composition, module docstring)."""
+    n_sg = np.asarray(images_per_subject, np.float64)
+    draws = np.asarray(draws, np.float64)
+    g = n_sg.shape[1]
     gen_su = np.zeros((n_sg.shape[0], g))
     fnm_su = np.zeros((n_sg.shape[0], g))
-    np.add.at(gen_su, (subj[within], gg[within]), 1)
-    miss = within & (scores < threshold.value)
-    np.add.at(fnm_su, (subj[miss], gg[miss]), 1)
+    np.add.at(gen_su, (genuine_subject, genuine_group), 1)
+    np.add.at(fnm_su, (genuine_subject[genuine_missed], genuine_group[genuine_missed]), 1)
 
     a_rg = draws @ n_sg
     imp_r = (a_rg**2 - (draws**2) @ (n_sg**2)) / 2
 
-    above = stats.tail_score >= threshold.value
-    tg = group_of_cell[stats.tail_cell[above]]
-    ua, ub = stats.tail_subject_a[above][tg >= 0], stats.tail_subject_b[above][tg >= 0]
-    tg = tg[tg >= 0]
     fm_r = np.zeros_like(imp_r)
     for r0 in range(0, len(draws), 64):
-        w = draws[r0:r0 + 64][:, ua] * draws[r0:r0 + 64][:, ub]  # (r, E)
+        w = draws[r0:r0 + 64][:, fm_subject_a] * draws[r0:r0 + 64][:, fm_subject_b]  # (r, E)
         for k in range(g):
-            fm_r[r0:r0 + 64, k] = w[:, tg == k].sum(axis=1)
-    observed = (np.bincount(tg, minlength=g).astype(np.float64), stats.n_impostor[diag].astype(np.float64),
-                fnm_su.sum(0), gen_su.sum(0))
+            fm_r[r0:r0 + 64, k] = w[:, fm_group == k].sum(axis=1)
+    observed = (np.bincount(fm_group, minlength=g).astype(np.float64),
+                np.asarray(impostor_pairs, np.float64), fnm_su.sum(0), gen_su.sum(0))
     return ReplicateCounts(fm_r, imp_r, draws @ fnm_su, draws @ gen_su, observed)
 
 

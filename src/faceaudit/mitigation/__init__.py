@@ -33,7 +33,7 @@ from faceaudit.mitigation.methods import (
     fit_group_thresholds,
     method,
 )
-from faceaudit.mitigation.protocol import cross_validate
+from faceaudit.mitigation.protocol import cross_validate, cross_validate_analyses
 from faceaudit.mitigation.result import MethodResult, MitigationResult, SystemResult
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "apply_all_pairs",
     "apply_pairs",
     "cross_validate",
+    "cross_validate_analyses",
     "fit_faircal",
     "fit_fsn",
     "fit_group_thresholds",

@@ -105,7 +105,7 @@ class GroupThresholds:
 def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None,
                          target_fmr: float) -> GroupThresholds:
     """Fit :class:`GroupThresholds` on calibration people (groups coded 0..G-1; -1 = no label: refused)."""
-    return plan_group_thresholds(CalibrationSet(embeddings, subjects, groups), target_fmr)()
+    return plan_group_thresholds(CalibrationSet(embeddings, subjects), groups, target_fmr)()
 
 
 def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> tuple[Any, int]:
@@ -114,10 +114,11 @@ def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> t
     return cs.request(np.zeros(len(cs), np.int64), np.array([k + 1]), within=True), k
 
 
-def plan_group_thresholds(cs: CalibrationSet, target_fmr: float) -> Callable[[], GroupThresholds]:
+def plan_group_thresholds(cs: CalibrationSet, groups: np.ndarray | None,
+                          target_fmr: float) -> Callable[[], GroupThresholds]:
     """:func:`fit_group_thresholds` on a calibration set, finished after its pass (refusals raised now)."""
     method = GroupThresholds.method
-    g = require_labels(method, len(cs), cs.groups)
+    g = require_labels(method, len(cs), groups)
     n_groups = int(g.max()) + 1
     counts = pair_counts(cs.subjects, g, n_groups)
     need = needed_pairs(target_fmr)
@@ -402,9 +403,10 @@ class Method(Protocol):
     @property
     def needs_labels(self) -> bool: ...
 
-    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
         """Ask ``cs`` for what the fit needs (raise MitigationRefused now if it cannot be fitted) and return the
-        step that finishes it after ``cs.run()``."""
+        step that finishes it after ``cs.run()``; ``groups``: the calibration images' group codes (-1: none),
+        given to a method that needs labels."""
         ...
 
 
@@ -414,8 +416,8 @@ class GroupThresholdsMethod:
     per_target: bool = True
     needs_labels: bool = True
 
-    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
-        return plan_group_thresholds(cs, target_fmr)
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
+        return plan_group_thresholds(cs, groups, target_fmr)
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,7 @@ class FsnMethod:
     per_target: bool = True
     needs_labels: bool = False
 
-    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
         return plan_fsn(cs, target_fmr, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects)
 
 
@@ -440,7 +442,7 @@ class FairCalMethod:
     per_target: bool = False
     needs_labels: bool = False
 
-    def plan(self, cs: CalibrationSet, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
         return plan_faircal(cs, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects,
                             min_genuine=self.min_genuine, max_pairs=self.max_pairs)
 

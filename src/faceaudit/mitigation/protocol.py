@@ -41,19 +41,16 @@ from typing import Any
 import numpy as np
 
 from faceaudit.errors import InputError
-from faceaudit.metrics.bootstrap import ReplicateCounts, percentile_interval, replicate_counts, subject_draws
+from faceaudit.metrics.bootstrap import ReplicateCounts, counts_from_pairs, percentile_interval, subject_draws
 from faceaudit.metrics.comparison import SUMMARY_MEASURES, PairedDifference
-from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES, Threshold
+from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
 from faceaudit.metrics.summary import summarise
 from faceaudit.mitigation.base import Calibration, MitigationRefused, threshold_at_fmr, unit_rows
 from faceaudit.mitigation.methods import METHOD_NAMES, Finish, Method, method
 from faceaudit.mitigation.result import UNMITIGATED, Fold, MethodResult, MitigationResult, SystemResult, rates
 from faceaudit.mitigation.scan import CalibrationSet
-from faceaudit.scoring.groups import UNKNOWN, Grouping, cell_index
-from faceaudit.scoring.stats import PairStatistics, ScoreBins
+from faceaudit.scoring.groups import UNKNOWN, Grouping
 
-_BINS = ScoreBins(-4.0, 4.0, 200)  # margins; counts above the threshold come from the exact tail, not the bins
-_TINY32 = np.nextafter(np.float32(0), np.float32(1))
 #: Random streams are keyed (seed, tag, ...) with 3 entries so they never meet the bootstrap's (seed, r).
 _FOLD_STREAM = 0xF01D
 
@@ -113,46 +110,41 @@ def _sum_counts(a: ReplicateCounts | None, b: ReplicateCounts | None) -> Replica
 
 @dataclass(frozen=True)
 class _FoldPairs:
-    """All pairs among one fold's held-out images (upper triangle), with what counting needs."""
+    """All pairs among one fold's held-out images (upper triangle), and what counting needs for one analysis:
+    the within-group pairs and each group's impostor pair count follow from the composition alone."""
 
-    scores: np.ndarray  # raw cosine, float64
-    i: np.ndarray  # positions in the held-out image list
-    j: np.ndarray
-    same: np.ndarray
-    cells: np.ndarray
+    same: np.ndarray  # same subject
     subject_a: np.ndarray  # global subject codes
     subject_b: np.ndarray
+    within: np.ndarray  # group of the pair when both images are in it, else -1
+    genuine: np.ndarray  # positions of the within-group genuine pairs
+    impostor_pairs: np.ndarray  # (G,) within-group impostor pairs
+    genuine_all: np.ndarray  # (S,) genuine pairs (any groups) per subject, for the overall TAR
 
 
-def _margins32(margin: np.ndarray) -> np.ndarray:
-    """float32 margins with the sign of the float64 ones (a tiny negative must not round to -0.0 >= 0)."""
-    m32 = margin.astype(np.float32)
-    m32[(margin < 0) & (m32 >= 0)] = -_TINY32
-    return m32
+def _fold_pairs(same: np.ndarray, sa: np.ndarray, sb: np.ndarray, ga: np.ndarray, gb: np.ndarray, n_groups: int,
+                n_subjects: int) -> _FoldPairs:
+    within = np.where(ga == gb, ga, -1)
+    return _FoldPairs(same, sa, sb, within, np.flatnonzero(same & (within >= 0)),
+                      np.bincount(within[~same & (within >= 0)], minlength=n_groups).astype(np.float64),
+                      np.bincount(sa[same], minlength=n_subjects).astype(np.float64))
 
 
-def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_groups: int, n_sg_fold: np.ndarray,
-                draws: np.ndarray | None) -> tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray,
-                                                   int, int]:
-    """Counts of one fold for one system: replicate and observed per-group counts, per-subject genuine counts."""
-    m32 = _margins32(margin)
+def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws: np.ndarray | None
+                ) -> tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray, int, int]:
+    """Counts of one fold for one system, from its decisions (margin >= 0 is a match): replicate and observed
+    per-group counts, per-subject genuine pairs and misses, false matches and impostor pairs over all pairs."""
     imp = ~fp.same
     acc = imp & (margin >= 0)
-    stats = PairStatistics(n_groups=n_groups, bins=_BINS, top_k=max(1, int(acc.sum())))
-    # Accepted impostors first, then compact: the tail floor becomes the smallest accepted margin (>= 0),
-    # so rejected ones only enter the histogram and the tail holds exactly the false matches.
-    stats.add_impostor_pairs(m32[acc], fp.cells[acc], fp.subject_a[acc], fp.subject_b[acc])
-    _ = stats.tail_score
-    rej = imp & ~acc
-    stats.add_impostor_pairs(m32[rej], fp.cells[rej], fp.subject_a[rej], fp.subject_b[rej])
-    stats.add_genuine(m32[fp.same], fp.cells[fp.same], fp.subject_a[fp.same])
-    thr = Threshold(0.0, True, int(acc.sum()), int(imp.sum()))
+    fm = np.flatnonzero(acc & (fp.within >= 0))
+    gen = fp.genuine
+    parts = (fp.subject_a[gen], fp.within[gen], margin[gen] < 0, fp.within[fm], fp.subject_a[fm], fp.subject_b[fm],
+             fp.impostor_pairs)
     n_s = n_sg_fold.shape[0]
-    obs = replicate_counts(stats, n_sg_fold, thr, np.ones((1, n_s)))
-    rep = None if draws is None else replicate_counts(stats, n_sg_fold, thr, draws)
-    gen = np.bincount(fp.subject_a[fp.same], minlength=n_s).astype(np.float64)
+    obs = counts_from_pairs(n_sg_fold, np.ones((1, n_s)), *parts)
+    rep = None if draws is None else counts_from_pairs(n_sg_fold, draws, *parts)
     miss = np.bincount(fp.subject_a[fp.same & (margin < 0)], minlength=n_s).astype(np.float64)
-    return rep, obs, gen, miss, int(acc.sum()), int(imp.sum())
+    return rep, obs, fp.genuine_all, miss, int(acc.sum()), int(imp.sum())
 
 
 def _summaries(labels: list[str], rc: ReplicateCounts, alpha: float) -> np.ndarray:
@@ -266,33 +258,80 @@ def cross_validate(
     need each person's group). ``methods``: built-in names (:data:`METHOD_NAMES`) or :class:`Method`
     objects; ``n_clusters`` applies to the built-in FSN and FairCal (None: chosen from the data).
     ``replicates`` = 0 switches the bootstrap off (no intervals, no calls). A method's ``plan`` receives
-    the fold's :class:`faceaudit.mitigation.scan.CalibrationSet` (the calibration rows' embeddings,
-    subject codes, group codes with -1 for an unknown label), the target FMR and ``seed``.
+    the fold's :class:`faceaudit.mitigation.scan.CalibrationSet` (the calibration rows' embeddings and
+    subject codes), their group codes (-1 for an unknown label; None for a method that needs no labels),
+    the target FMR and ``seed``.
+    """
+    return cross_validate_analyses(embeddings, subjects, [grouping], methods, target_fmrs, folds=folds, seed=seed,
+                                   replicates=replicates, confidence=confidence, alpha=alpha,
+                                   n_clusters=n_clusters)[0]
+
+
+@dataclass
+class _Analysis:
+    """One grouping's share of the cross-validation: its groups, bootstrap draws and tallies."""
+
+    labels: list[str]
+    gidx: np.ndarray  # (N,) group of each image
+    n_sg: np.ndarray  # (S, G) images of each subject in each group
+    method_groups: np.ndarray  # gidx with -1 for an unknown label
+    draws: np.ndarray | None
+    tallies: dict[tuple[str, float], _Tally] = field(default_factory=dict)
+    refused: dict[tuple[str, float], dict[str, Any]] = field(default_factory=dict)
+    fitted: dict[tuple[str, float], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _analysis(grouping: Grouping, subj: np.ndarray, n_subjects: int, replicates: int, seed: int) -> _Analysis:
+    gidx = np.asarray(grouping.index, np.int64)
+    n_groups = len(grouping.labels)
+    n_sg = np.zeros((n_subjects, n_groups))
+    np.add.at(n_sg, (subj, gidx), 1)
+    unknown = np.array([UNKNOWN in grouping.values(g).values() for g in range(n_groups)], bool)
+    draws = subject_draws(np.argmax(n_sg, axis=1), replicates, seed) if replicates > 0 else None
+    return _Analysis(list(grouping.labels), gidx, n_sg, np.where(unknown[gidx], -1, gidx), draws)
+
+
+def cross_validate_analyses(
+    embeddings: np.ndarray,
+    subjects: np.ndarray,
+    groupings: Sequence[Grouping],
+    methods: Sequence[str | Method] = METHOD_NAMES,
+    target_fmrs: Sequence[float] = (1e-3, 1e-4),
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    replicates: int = 1000,
+    confidence: float = 0.95,
+    alpha: float = 0.5,
+    n_clusters: int | None = None,
+) -> list[MitigationResult]:
+    """:func:`cross_validate` for several groupings of the same images (an audit's analyses), sharing the work.
+
+    The folds are dealt once, within the strata of every grouping at once (each person's group in each),
+    so each fold has a share of every group of every analysis (with one grouping: exactly
+    :func:`cross_validate`'s folds). A method that needs no labels (FSN, FairCal) is fitted once per fold
+    and serves every analysis; group thresholds are fitted per analysis. One result per grouping, in order.
     """
     emb = unit_rows(embeddings)
     n = len(emb)
-    gidx = np.asarray(grouping.index, np.int64)
-    if len(subjects) != n or gidx.shape != (n,):
-        raise InputError(f"{n} embeddings, {len(subjects)} subject ids and {gidx.shape} group codes do not "
-                         "describe the same images")
+    if len(subjects) != n or any(np.asarray(g.index).shape != (n,) for g in groupings):
+        raise InputError(f"{n} embeddings, {len(subjects)} subject ids and group codes of "
+                         f"{[np.asarray(g.index).shape for g in groupings]} do not describe the same images")
+    if not groupings:
+        raise InputError("cross-validation needs at least one grouping")
     if folds < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
-    labels = list(grouping.labels)
-    n_groups = len(labels)
     subject_ids, subj = np.unique(np.asarray(subjects), return_inverse=True)
     subj = subj.ravel().astype(np.int64)
     n_subjects = int(subj.max()) + 1
     if n_subjects < 2 * folds:
         raise MitigationRefused("mitigation", "too_few_subjects",
                                 f"{n_subjects} people cannot make {folds} folds of at least 2 people each")
-    n_sg = np.zeros((n_subjects, n_groups))
-    np.add.at(n_sg, (subj, gidx), 1)
-    fold_of = subject_folds(np.argmax(n_sg, axis=1), folds, seed)
-    unknown = np.array([UNKNOWN in grouping.values(g).values() for g in range(n_groups)], bool)
-    method_groups = np.where(unknown[gidx], -1, gidx)  # group thresholds must not treat "unknown" as a group
+    analyses = [_analysis(g, subj, n_subjects, replicates, seed) for g in groupings]
+    majority = np.stack([np.argmax(a.n_sg, axis=1) for a in analyses], axis=1)
+    fold_of = subject_folds(np.unique(majority, axis=0, return_inverse=True)[1].ravel(), folds, seed)
     mlist = _resolve(methods, n_clusters)
     targets = sorted({float(t) for t in target_fmrs}, reverse=True)
-    draws = subject_draws(np.argmax(n_sg, axis=1), replicates, seed) if replicates > 0 else None
 
     # the held-out folds' pairs, and which targets every fold supports
     fold_info: list[Fold] = []
@@ -314,72 +353,97 @@ def cross_validate(
     if not targets:
         raise MitigationRefused("mitigation", "too_few_subjects", f"no target FMR is supported: {skipped[0]['reason']}")
 
-    tallies: dict[tuple[str, float], _Tally] = {}
-    refused: dict[tuple[str, float], dict[str, Any]] = {}
-    fitted: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for f, (held, cal) in enumerate(held_sets):
-        i, j = np.triu_indices(len(held), k=1)
-        e = emb[held]
-        s = (e @ e.T)[i, j].astype(np.float64)
-        sa, sb = subj[held][i], subj[held][j]
-        fp = _FoldPairs(s, i, j, sa == sb, cell_index(gidx[held][i], gidx[held][j], n_groups), sa, sb)
-        n_sg_fold = np.where((fold_of == f)[:, None], n_sg, 0.0)
+        _run_fold(f, held, cal, emb, subj, n_subjects, fold_of, analyses, mlist, targets, seed)
 
-        def measure(name: str, target: float, scores: np.ndarray, fp: _FoldPairs = fp,
-                    n_sg_fold: np.ndarray = n_sg_fold) -> None:
-            t = threshold_at_fmr(scores[~fp.same], target)
-            counts = _count_fold(scores - t, fp, n_groups, n_sg_fold, draws)
-            tallies.setdefault((name, target), _Tally()).add(*counts, threshold=t)
+    settings = {"folds": folds, "seed": seed, "target_fmrs": targets, "alpha": alpha, "n_clusters": n_clusters,
+                "methods": [m.name for m in mlist], "bootstrap": None if replicates <= 0 else {
+                    "replicates": replicates, "confidence": confidence, "resampling": "subjects within groups, "
+                    "the same people for both systems"}}
+    notes = _notes(folds, seed, mlist, replicates > 0)
+    return [_result(a, mlist, targets, alpha, replicates, confidence, settings, tuple(fold_info), skipped, notes,
+                    subject_ids, fold_of) for a in analyses]
 
-        for target in targets:
-            measure(UNMITIGATED, target, s)
-        # every method and target asks one calibration set; its single pass over the pairs serves them all
-        cs = CalibrationSet(emb[cal], subj[cal], method_groups[cal])
-        pending: list[tuple[Method, float, list[float], Finish]] = []  # method, its fit target, targets served
-        for m in mlist:
-            live = [t for t in targets if (m.name, t) not in refused]
+
+def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: np.ndarray, n_subjects: int,
+              fold_of: np.ndarray, analyses: list[_Analysis], mlist: list[Method], targets: list[float],
+              seed: int) -> None:
+    """Fold f: fit every method on the other folds' people (one calibration set, one pass), measure all systems on
+    the held-out people's pairs, for every analysis."""
+    i, j = np.triu_indices(len(held), k=1)
+    e = emb[held]
+    s = (e @ e.T)[i, j].astype(np.float64)
+    sa, sb = subj[held][i], subj[held][j]
+    same = sa == sb
+    pairs = [_fold_pairs(same, sa, sb, a.gidx[held][i], a.gidx[held][j], len(a.labels), n_subjects)
+             for a in analyses]
+    in_fold = (fold_of == f)[:, None]
+
+    def measure(a: int, name: str, target: float, scores: np.ndarray) -> None:
+        t = threshold_at_fmr(scores[~same], target)
+        counts = _count_fold(scores - t, pairs[a], np.where(in_fold, analyses[a].n_sg, 0.0), analyses[a].draws)
+        analyses[a].tallies.setdefault((name, target), _Tally()).add(*counts, threshold=t)
+
+    for target in targets:
+        for a in range(len(analyses)):
+            measure(a, UNMITIGATED, target, s)
+    # every method, target and analysis asks one calibration set; its single pass over the pairs serves them all
+    cs = CalibrationSet(emb[cal], subj[cal])
+    pending: list[tuple[Method, list[int], list[float], Finish]] = []  # method, its analyses, targets, fit
+    for m in mlist:
+        for serve in ([[a] for a in range(len(analyses))] if m.needs_labels else [list(range(len(analyses)))]):
+            live = [t for t in targets if (m.name, t) not in analyses[serve[0]].refused]
+            groups = analyses[serve[0]].method_groups[cal] if m.needs_labels else None
             for fit_target in (live if m.per_target else live[:1]):
-                serves = [fit_target] if m.per_target else live
+                served = [fit_target] if m.per_target else live
                 try:
-                    pending.append((m, fit_target, serves, m.plan(cs, fit_target, seed)))
+                    pending.append((m, serve, served, m.plan(cs, groups, fit_target, seed)))
                 except MitigationRefused as err:
-                    for t in serves:
-                        refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": f}
-        cs.run()
-        for m, _, serves, finish in pending:
-            try:
-                c: Calibration = finish()
-                code = c.codes(e, method_groups[held])
-                mitigated = c.transform(s, code[i], code[j])
-            except MitigationRefused as err:
-                for t in serves:
-                    refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": f}
-                continue
-            for t in serves:
-                fitted.setdefault((m.name, t), []).append({"fold": f, **c.to_dict()})
-                measure(m.name, t, mitigated)
+                    _refuse(analyses, serve, m, served, err, f)
+    cs.run()
+    for m, serve, served, finish in pending:
+        try:
+            c: Calibration = finish()
+            code = c.codes(e, analyses[serve[0]].method_groups[held] if m.needs_labels else None)
+            mitigated = c.transform(s, code[i], code[j])
+        except MitigationRefused as err:
+            _refuse(analyses, serve, m, served, err, f)
+            continue
+        doc = {"fold": f, **c.to_dict()}
+        for a in serve:
+            for t in served:
+                analyses[a].fitted.setdefault((m.name, t), []).append(doc)
+                measure(a, m.name, t, mitigated)
 
+
+def _refuse(analyses: list[_Analysis], serve: list[int], m: Method, targets: list[float], err: MitigationRefused,
+            fold: int) -> None:
+    for a in serve:
+        for t in targets:
+            analyses[a].refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": fold}
+
+
+def _result(a: _Analysis, mlist: list[Method], targets: list[float], alpha: float, replicates: int,
+            confidence: float, settings: dict[str, Any], folds: tuple[Fold, ...], skipped: tuple[dict[str, Any], ...],
+            notes: tuple[str, ...], subject_ids: np.ndarray, fold_of: np.ndarray) -> MitigationResult:
     base: dict[float, SystemResult] = {}
     results: list[MethodResult] = []
     for target in targets:
-        b, reps_b = _system(UNMITIGATED, target, tallies[(UNMITIGATED, target)], labels, alpha, draws, confidence)
+        b, reps_b = _system(UNMITIGATED, target, a.tallies[(UNMITIGATED, target)], a.labels, alpha, a.draws,
+                            confidence)
         base[target] = b
         for m in mlist:
             key = (m.name, target)
-            if key in refused:
-                results.append(MethodResult(m.name, target, m.needs_labels, None, None, refused=refused[key],
-                                            calibrations=tuple(fitted.get(key, []))))
+            if key in a.refused:
+                results.append(MethodResult(m.name, target, m.needs_labels, None, None, refused=a.refused[key],
+                                            calibrations=tuple(a.fitted.get(key, []))))
                 continue
-            sys_m, reps_m = _system(m.name, target, tallies[key], labels, alpha, draws, confidence)
-            diff, tar_diff, tar_ci = _difference(b, sys_m, reps_b, reps_m, labels, replicates, confidence)
+            sys_m, reps_m = _system(m.name, target, a.tallies[key], a.labels, alpha, a.draws, confidence)
+            diff, tar_diff, tar_ci = _difference(b, sys_m, reps_b, reps_m, a.labels, replicates, confidence)
             results.append(MethodResult(m.name, target, m.needs_labels, sys_m, diff, tar_diff, tar_ci,
-                                        calibrations=tuple(fitted[key])))
-    settings = {"folds": folds, "seed": seed, "target_fmrs": targets, "alpha": alpha, "n_clusters": n_clusters,
-                "methods": [m.name for m in mlist], "bootstrap": None if draws is None else {
-                    "replicates": replicates, "confidence": confidence, "resampling": "subjects within groups, "
-                    "the same people for both systems"}}
-    return MitigationResult(tuple(labels), settings, tuple(fold_info), base, tuple(results), skipped,
-                            _notes(folds, seed, mlist, draws is not None), subject_ids, fold_of)
+                                        calibrations=tuple(a.fitted[key])))
+    return MitigationResult(tuple(a.labels), settings, folds, base, tuple(results), skipped, notes, subject_ids,
+                            fold_of)
 
 
 def _notes(folds: int, seed: int, mlist: Sequence[Method], bootstrap: bool) -> tuple[str, ...]:

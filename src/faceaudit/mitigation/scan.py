@@ -93,13 +93,12 @@ class Ticket:
 
 
 class CalibrationSet:
-    """The calibration images of one fit (unit rows, subject codes 0..S-1, group codes or None) and the
-    threshold requests of every method fitted on them (module docstring). ``subject_ids``: as given."""
+    """The calibration images of one fit (unit rows, subject codes 0..S-1) and the threshold requests of every
+    method fitted on them (module docstring). ``subject_ids``: as given."""
 
-    def __init__(self, embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None = None) -> None:
+    def __init__(self, embeddings: np.ndarray, subjects: np.ndarray) -> None:
         self.subject_ids = np.asarray(subjects)
         self.embeddings, self.subjects = prepare(embeddings, subjects)
-        self.groups = None if groups is None else np.asarray(groups, np.int64)
         self._keys: dict[tuple[bytes, bool], int] = {}
         self._specs: list[tuple[np.ndarray, bool, np.ndarray]] = []  # codes, within, keep
         self._tallies: list[_Tally] | None = None
