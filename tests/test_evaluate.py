@@ -524,3 +524,25 @@ def test_labels_holding_the_key_separators_keep_their_values() -> None:
     df = table.assign(ok=True, embedding=list(emb))
     doc = evaluate_frame(df, {}, ["race"], target_fmrs=[1e-1], bootstrap=20, permutations=10).to_dict()
     assert {x["values"]["race"] for x in doc["analyses"][0]["groups"]} == {"A|B", "x=y", "unknown"}
+
+
+def test_summary_rows_equal_summarise_row_by_row() -> None:
+    """The vectorised summary measures against :func:`summarise` on random counts, including groups without
+    pairs of one kind or both, zero error counts (the rule of 3), one group, and alpha at 0 and 1."""
+    from faceaudit.metrics.summary import MEASURES, PART_MEASURES, summary_rows
+
+    rng = np.random.default_rng(0)
+    names = MEASURES + PART_MEASURES
+    for trial in range(600):
+        g = int(rng.integers(1, 6))
+        imp = rng.integers(0, 50, g) * rng.integers(0, 2, g)
+        gen = rng.integers(0, 20, g) * rng.integers(0, 2, g)
+        fm = np.minimum(rng.integers(0, 5, g), imp) * (trial % 7 != 0)
+        fnm = np.minimum(rng.integers(0, 3, g), gen)
+        alpha = (0.0, 0.5, 1.0, 0.3)[trial % 4]
+        s = summarise([f"g{i}" for i in range(g)], fm, imp, fnm, gen, alpha)
+        got = summary_rows(np.stack([fm, fm]), np.stack([imp, imp]), np.stack([fnm, fnm]), np.stack([gen, gen]),
+                           alpha, names)
+        want = [getattr(s, m) for m in names]
+        for row in got:
+            np.testing.assert_allclose(row, want, rtol=1e-12, atol=1e-15, equal_nan=True)

@@ -369,6 +369,8 @@ def test_analyses_share_folds_and_label_free_fits() -> None:
     text = json.dumps(one.to_dict(), sort_keys=True, allow_nan=False)
     twice = cross_validate_analyses(emb, subj, [_grouping(g), _grouping(g)], **kw)
     assert [json.dumps(r.to_dict(), sort_keys=True, allow_nan=False) for r in twice] == [text, text]
+    (serial,) = cross_validate_analyses(emb, subj, [_grouping(g)], **kw, threads=1)  # folds one after another
+    assert json.dumps(serial.to_dict(), sort_keys=True, allow_nan=False) == text
     other = np.asarray([int(u[1:]) % 3 for u in subj])  # a second grouping, across the first
     a, b = cross_validate_analyses(emb, subj, [_grouping(g), _grouping(other, ("X", "Y", "Z"))], **kw)
     np.testing.assert_array_equal(a.fold_of_subject, b.fold_of_subject)
@@ -526,9 +528,11 @@ def test_same_seed_same_json_and_folds_never_leak() -> None:
     # folds: every person held out exactly once; each fit saw exactly the people of the other folds
     everyone = set(range(len(a.subject_ids)))
     assert len(seen) == 2 * 5 and all(f.subjects_in_both == 0 for f in a.folds)
-    for k, fitted_on in enumerate(seen[:5]):
-        held = {int(u) for u in np.flatnonzero(a.fold_of_subject == k)}
-        assert held and not (fitted_on & held) and fitted_on | held == everyone
+    held = [{int(u) for u in np.flatnonzero(a.fold_of_subject == k)} for k in range(5)]
+    assert all(held) and set().union(*held) == everyone
+    for fitted_on in seen[:5]:  # folds run in threads: match each fit to the one fold whose people it lacks
+        (k,) = [k for k in range(5) if not (fitted_on & held[k])]
+        assert fitted_on | held[k] == everyone
     assert sum(f.held_out_subjects for f in a.folds) == len(everyone)
     sizes = np.bincount(subject_folds(np.repeat([0, 1], 80), 5, 3))
     assert sizes.max() - sizes.min() <= 1

@@ -25,6 +25,7 @@ too-small cluster is refused instead (:class:`faceaudit.mitigation.base.Mitigati
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Clusters:
     tried: tuple[int, ...]  # clusters run, in order: K, then the count after each dissolution (the last is kept)
 
 
+_KMEANS_LOCK = threading.Lock()
 _KMEANS_RUNS: OrderedDict[tuple[bytes, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
 
@@ -60,14 +62,17 @@ def _kmeans_memo(e: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarr
     """:func:`kmeans`, remembered for the last few (data, k, seed): FSN is refitted per target FMR on the same
     calibration people and FairCal clusters them alike, so the cross-validation would rerun the same k-means."""
     key = (hashlib.sha256(np.ascontiguousarray(e).tobytes() + repr(e.shape).encode()).digest(), k, seed)
-    if key not in _KMEANS_RUNS:
-        centres, labels = kmeans(e, k, seed)
-        centres.setflags(write=False)
-        labels.setflags(write=False)
+    with _KMEANS_LOCK:  # cross-validation folds run in threads
+        if key in _KMEANS_RUNS:
+            return _KMEANS_RUNS[key]
+    centres, labels = kmeans(e, k, seed)
+    centres.setflags(write=False)
+    labels.setflags(write=False)
+    with _KMEANS_LOCK:
         _KMEANS_RUNS[key] = (centres, labels)
         while len(_KMEANS_RUNS) > 16:
             _KMEANS_RUNS.popitem(last=False)
-    return _KMEANS_RUNS[key]
+    return centres, labels
 
 
 def person_means(e: np.ndarray, subj: np.ndarray) -> np.ndarray:

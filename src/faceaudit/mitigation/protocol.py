@@ -34,17 +34,20 @@ refused at that target, with its reason; the others go on. Same inputs and seed,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from faceaudit.errors import InputError
 from faceaudit.metrics.bootstrap import ReplicateCounts, counts_from_pairs, percentile_interval, subject_draws
 from faceaudit.metrics.comparison import SUMMARY_MEASURES, PairedDifference
 from faceaudit.metrics.rates import MIN_EXPECTED_FALSE_MATCHES
-from faceaudit.metrics.summary import summarise
+from faceaudit.metrics.summary import summarise, summary_rows
 from faceaudit.mitigation.base import Calibration, MitigationRefused, threshold_at_fmr, unit_rows
 from faceaudit.mitigation.methods import METHOD_NAMES, Finish, Method, method
 from faceaudit.mitigation.result import UNMITIGATED, Fold, MethodResult, MitigationResult, SystemResult, rates
@@ -130,8 +133,12 @@ def _fold_pairs(same: np.ndarray, sa: np.ndarray, sb: np.ndarray, ga: np.ndarray
                       np.bincount(sa[same], minlength=n_subjects).astype(np.float64))
 
 
-def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws: np.ndarray | None
-                ) -> tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray, int, int]:
+#: One fold's counts for one system: replicate and observed per-group counts, per-subject genuine pairs and misses,
+#: false matches and impostor pairs over all pairs.
+_Counts = tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray, int, int]
+
+
+def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws: np.ndarray | None) -> _Counts:
     """Counts of one fold for one system, from its decisions (margin >= 0 is a match): replicate and observed
     per-group counts, per-subject genuine pairs and misses, false matches and impostor pairs over all pairs."""
     imp = ~fp.same
@@ -147,13 +154,9 @@ def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws
     return rep, obs, fp.genuine_all, miss, int(acc.sum()), int(imp.sum())
 
 
-def _summaries(labels: list[str], rc: ReplicateCounts, alpha: float) -> np.ndarray:
-    out = np.full((len(rc.false_matches), len(SUMMARY_MEASURES)), np.nan)
-    for r in range(len(out)):
-        s = summarise(labels, rc.false_matches[r], rc.impostor_pairs[r], rc.false_non_matches[r],
-                      rc.genuine_pairs[r], alpha)
-        out[r] = [getattr(s, m) for m in SUMMARY_MEASURES]
-    return out
+def _summaries(rc: ReplicateCounts, alpha: float) -> np.ndarray:
+    return summary_rows(rc.false_matches, rc.impostor_pairs, rc.false_non_matches, rc.genuine_pairs, alpha,
+                        SUMMARY_MEASURES)
 
 
 def _resolve(methods: Sequence[str | Method], n_clusters: int | None) -> list[Method]:
@@ -197,7 +200,7 @@ def _system(name: str, target: float, t: _Tally, labels: list[str], alpha: float
         reps = _Replicates(fmr=rates(rc.false_matches, rc.impostor_pairs),
                            fnmr=rates(rc.false_non_matches, rc.genuine_pairs),
                            tar=1.0 - rates(draws @ t.misses_per_subject, draws @ t.genuine_per_subject),
-                           summary=_summaries(labels, rc, alpha))
+                           summary=_summaries(rc, alpha))
         fmr_ci, fnmr_ci = percentile_interval(reps.fmr, confidence), percentile_interval(reps.fnmr, confidence)
         for k in range(g):  # zero observed errors: the rule-of-3 interval (resampling zeros gives only zeros)
             if fm[k] == 0 and imp[k] > 0:
@@ -304,6 +307,7 @@ def cross_validate_analyses(
     confidence: float = 0.95,
     alpha: float = 0.5,
     n_clusters: int | None = None,
+    threads: int | None = None,
 ) -> list[MitigationResult]:
     """:func:`cross_validate` for several groupings of the same images (an audit's analyses), sharing the work.
 
@@ -311,6 +315,8 @@ def cross_validate_analyses(
     so each fold has a share of every group of every analysis (with one grouping: exactly
     :func:`cross_validate`'s folds). A method that needs no labels (FSN, FairCal) is fitted once per fold
     and serves every analysis; group thresholds are fitted per analysis. One result per grouping, in order.
+    ``threads``: folds run at once (default: the machine's cores); the result does not depend on it.
+    A method refused in any fold is refused (the first such fold is named).
     """
     emb = unit_rows(embeddings)
     n = len(emb)
@@ -353,8 +359,14 @@ def cross_validate_analyses(
     if not targets:
         raise MitigationRefused("mitigation", "too_few_subjects", f"no target FMR is supported: {skipped[0]['reason']}")
 
-    for f, (held, cal) in enumerate(held_sets):
-        _run_fold(f, held, cal, emb, subj, n_subjects, fold_of, analyses, mlist, targets, seed)
+    # folds in parallel threads (NumPy releases the GIL in the heavy parts), merged in fold order; BLAS runs one
+    # thread per product whatever ``threads`` is, since OpenBLAS rounds a product differently when it splits it
+    workers = max(1, min(folds, threads or os.cpu_count() or 1))
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(lambda f: _run_fold(f, *held_sets[f], emb, subj, n_subjects, fold_of, analyses,
+                                                     mlist, targets, seed), range(folds)))
+    for f, outcome in enumerate(outcomes):
+        outcome.merge_into(analyses, f)
 
     settings = {"folds": folds, "seed": seed, "target_fmrs": targets, "alpha": alpha, "n_clusters": n_clusters,
                 "methods": [m.name for m in mlist], "bootstrap": None if replicates <= 0 else {
@@ -365,11 +377,34 @@ def cross_validate_analyses(
                     subject_ids, fold_of) for a in analyses]
 
 
+@dataclass
+class _FoldOutcome:
+    """What one fold found, merged into the analyses in fold order (so threads never change a result)."""
+
+    measured: list[tuple[int, str, float, _Counts, float]] = field(default_factory=list)
+    refusals: list[tuple[list[int], str, list[float], MitigationRefused]] = field(default_factory=list)
+    fits: list[tuple[list[int], str, list[float], dict[str, Any]]] = field(default_factory=list)
+
+    def merge_into(self, analyses: list[_Analysis], fold: int) -> None:
+        for serve, name, served, err in self.refusals:  # the first fold (in order) that refused is named
+            for a in serve:
+                for t in served:
+                    analyses[a].refused.setdefault((name, t), {"reason": err.reason, "message": str(err),
+                                                               "fold": fold})
+        for serve, name, served, doc in self.fits:
+            for a in serve:
+                for t in served:
+                    analyses[a].fitted.setdefault((name, t), []).append(doc)
+        for a, name, target, counts, threshold in self.measured:
+            analyses[a].tallies.setdefault((name, target), _Tally()).add(*counts, threshold=threshold)
+
+
 def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: np.ndarray, n_subjects: int,
               fold_of: np.ndarray, analyses: list[_Analysis], mlist: list[Method], targets: list[float],
-              seed: int) -> None:
+              seed: int) -> _FoldOutcome:
     """Fold f: fit every method on the other folds' people (one calibration set, one pass), measure all systems on
-    the held-out people's pairs, for every analysis."""
+    the held-out people's pairs, for every analysis. Reads ``analyses``, never writes them."""
+    out = _FoldOutcome()
     i, j = np.triu_indices(len(held), k=1)
     e = emb[held]
     s = (e @ e.T)[i, j].astype(np.float64)
@@ -382,7 +417,7 @@ def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: 
     def measure(a: int, name: str, target: float, scores: np.ndarray) -> None:
         t = threshold_at_fmr(scores[~same], target)
         counts = _count_fold(scores - t, pairs[a], np.where(in_fold, analyses[a].n_sg, 0.0), analyses[a].draws)
-        analyses[a].tallies.setdefault((name, target), _Tally()).add(*counts, threshold=t)
+        out.measured.append((a, name, target, counts, t))
 
     for target in targets:
         for a in range(len(analyses)):
@@ -392,14 +427,13 @@ def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: 
     pending: list[tuple[Method, list[int], list[float], Finish]] = []  # method, its analyses, targets, fit
     for m in mlist:
         for serve in ([[a] for a in range(len(analyses))] if m.needs_labels else [list(range(len(analyses)))]):
-            live = [t for t in targets if (m.name, t) not in analyses[serve[0]].refused]
             groups = analyses[serve[0]].method_groups[cal] if m.needs_labels else None
-            for fit_target in (live if m.per_target else live[:1]):
-                served = [fit_target] if m.per_target else live
+            for fit_target in (targets if m.per_target else targets[:1]):
+                served = [fit_target] if m.per_target else targets
                 try:
                     pending.append((m, serve, served, m.plan(cs, groups, fit_target, seed)))
                 except MitigationRefused as err:
-                    _refuse(analyses, serve, m, served, err, f)
+                    out.refusals.append((serve, m.name, served, err))
     cs.run()
     for m, serve, served, finish in pending:
         try:
@@ -407,20 +441,13 @@ def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: 
             code = c.codes(e, analyses[serve[0]].method_groups[held] if m.needs_labels else None)
             mitigated = c.transform(s, code[i], code[j])
         except MitigationRefused as err:
-            _refuse(analyses, serve, m, served, err, f)
+            out.refusals.append((serve, m.name, served, err))
             continue
-        doc = {"fold": f, **c.to_dict()}
+        out.fits.append((serve, m.name, served, {"fold": f, **c.to_dict()}))
         for a in serve:
             for t in served:
-                analyses[a].fitted.setdefault((m.name, t), []).append(doc)
                 measure(a, m.name, t, mitigated)
-
-
-def _refuse(analyses: list[_Analysis], serve: list[int], m: Method, targets: list[float], err: MitigationRefused,
-            fold: int) -> None:
-    for a in serve:
-        for t in targets:
-            analyses[a].refused[(m.name, t)] = {"reason": err.reason, "message": str(err), "fold": fold}
+    return out
 
 
 def _result(a: _Analysis, mlist: list[Method], targets: list[float], alpha: float, replicates: int,
