@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -304,7 +304,12 @@ def test_refusals_name_their_reason() -> None:
     assert err.value.reason == "too_few_subjects" and "ask for fewer clusters" in str(err.value)
     with pytest.raises(MitigationRefused) as err:
         fit_group_thresholds(emb, subj, g, 1e-4)  # a group of 12 people has 264 impostor pairs, not 100,000
-    assert err.value.reason == "group_too_small"
+    assert err.value.reason == "group_too_small" and "groups 0 (264 impostor pairs)" in str(err.value)
+    e2, s2, g2 = _population(n_per_group=100, images=2, w=(0.2, 0.2), seed=8)
+    res = cross_validate(e2, s2, _grouping(g2, ("women", "men")), methods=["group_thresholds"], folds=2,
+                         target_fmrs=[1e-3], replicates=0)  # 4,900 impostor pairs per group, not 10,000
+    refusal = res.outcome("group_thresholds", 1e-3).refused
+    assert refusal is not None and "groups group=women (4900 impostor pairs), group=men (" in refusal["message"]
     lonely = np.r_[np.zeros(len(subj) - 2, int), [1, 1]]  # a group of one person: no impostor pair in it
     with pytest.raises(MitigationRefused, match="too few calibration impostor pairs") as err:
         fit_group_thresholds(emb, subj, lonely, 1e-1)
@@ -507,8 +512,8 @@ def test_same_seed_same_json_and_folds_never_leak() -> None:
 
         name, per_target, needs_labels = "spy", True, False
 
-        def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float,
-                 seed: int) -> Callable[[], Calibration]:
+        def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int,
+                 group_names: Sequence[str] = ()) -> Callable[[], Calibration]:
             seen.append({int(u) for u in cs.subject_ids})
             return FsnMethod(n_clusters=2).plan(cs, groups, target_fmr, seed)
 

@@ -131,8 +131,8 @@ def protocol_accuracy(ds: Dataset, frame: pd.DataFrame, fair: DeployedCalibratio
             "rule": "a pair with an image that failed to enrol is decided as a non-match"}
 
 
-def load_fairness_calibration(cfg: AuditConfig, meta: dict[str, Any], files: dict[str, dict[str, str]],
-                              notes: list[str]) -> DeployedCalibration | None:
+def load_fairness_calibration(cfg: AuditConfig, meta: dict[str, Any],
+                              files: dict[str, dict[str, str]]) -> DeployedCalibration | None:
     """``[system] calibration``, loaded and checked against the engine that made the embeddings (None: none)."""
     path = cfg.system.calibration
     if path is None:
@@ -144,9 +144,6 @@ def load_fairness_calibration(cfg: AuditConfig, meta: dict[str, Any], files: dic
                          "calibration belongs to the engine it was fitted for; audit them without it")
     fair = load_calibration(path, meta["engine"])
     files["calibration"] = {"path": path, "sha256": sha256_file(path)}
-    notes.append(f"Scores are {fair.method} calibrated scores (calibration sha256 {fair.identity.sha256}, fitted on "
-                 f"{fair.dataset.get('name', 'an unnamed dataset')}): this audits the calibrated system, with its "
-                 "own global threshold at each target FMR")
     return fair
 
 
@@ -182,7 +179,7 @@ def _from_images(cfg: AuditConfig, progress: bool, warn: Callable[[str], None], 
         if len(frame) != len(ds.table):
             raise InputError("the audit needs one face per image; it got several for some images")
     left_out += enrolment_failures(frame)
-    fair = load_fairness_calibration(cfg, meta, files, notes)
+    fair = load_fairness_calibration(cfg, meta, files)
     score_map = None if fair is None or not frame["ok"].any() else fair.score_map(embedding_matrix(frame))
     targets, alpha = cfg.metrics.target_fmrs, cfg.metrics.alpha
     source = {"dataset": d.path} if ds else {"embeddings": s.embeddings}

@@ -23,7 +23,7 @@ threshold at the FMR), and for the clustered methods ``too_few_subjects`` and ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -103,9 +103,10 @@ class GroupThresholds:
 
 
 def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: np.ndarray | None,
-                         target_fmr: float) -> GroupThresholds:
-    """Fit :class:`GroupThresholds` on calibration people (groups coded 0..G-1; -1 = no label: refused)."""
-    return plan_group_thresholds(CalibrationSet(embeddings, subjects), groups, target_fmr)()
+                         target_fmr: float, group_names: Sequence[str] = ()) -> GroupThresholds:
+    """Fit :class:`GroupThresholds` on calibration people (groups coded 0..G-1; -1 = no label: refused).
+    ``group_names``: what a refusal calls group g (default: its number)."""
+    return plan_group_thresholds(CalibrationSet(embeddings, subjects), groups, target_fmr, group_names)()
 
 
 def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> tuple[Any, int]:
@@ -114,8 +115,8 @@ def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> t
     return cs.request(np.zeros(len(cs), np.int64), np.array([k + 1]), within=True), k
 
 
-def plan_group_thresholds(cs: CalibrationSet, groups: np.ndarray | None,
-                          target_fmr: float) -> Callable[[], GroupThresholds]:
+def plan_group_thresholds(cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float,
+                          group_names: Sequence[str] = ()) -> Callable[[], GroupThresholds]:
     """:func:`fit_group_thresholds` on a calibration set, finished after its pass (refusals raised now)."""
     method = GroupThresholds.method
     g = require_labels(method, len(cs), groups)
@@ -125,7 +126,8 @@ def plan_group_thresholds(cs: CalibrationSet, groups: np.ndarray | None,
     small = [i for i in range(n_groups) if counts.images[i] > 0 and counts.within_impostor[i] < need]
     if small:
         raise MitigationRefused(method, "group_too_small", "groups " + ", ".join(
-            f"{i} ({int(counts.within_impostor[i])} impostor pairs)" for i in small)
+            f"{group_names[i] if i < len(group_names) else i} ({int(counts.within_impostor[i])} impostor pairs)"
+            for i in small)
             + f" have too few calibration impostor pairs for a threshold at FMR {target_fmr:g} (need {need})")
     if counts.impostor < need:
         raise MitigationRefused(method, "too_few_subjects", f"{counts.impostor} calibration impostor pairs; "
@@ -296,7 +298,7 @@ class FairCal:
 
 
 def fit_faircal(embeddings: np.ndarray, subjects: np.ndarray, *, n_clusters: int | None = None, seed: int = 0,
-                min_subjects: int = 10, min_genuine: int = 10, max_pairs: int = 10_000, ridge: float = 1e-3) -> FairCal:
+                min_subjects: int = 10, min_genuine: int = 10, max_pairs: int = 5_000, ridge: float = 1e-3) -> FairCal:
     """Fit :class:`FairCal` on calibration people (``min_genuine``: genuine pairs each cluster's map needs)."""
     return plan_faircal(CalibrationSet(embeddings, subjects), n_clusters=n_clusters, seed=seed,
                         min_subjects=min_subjects, min_genuine=min_genuine, max_pairs=max_pairs, ridge=ridge)()
@@ -350,7 +352,7 @@ def _impostors_touching(e: np.ndarray, subj: np.ndarray, labels: np.ndarray, c: 
 
 
 def plan_faircal(cs: CalibrationSet, *, n_clusters: int | None = None, seed: int = 0, min_subjects: int = 10,
-                 min_genuine: int = 10, max_pairs: int = 10_000, ridge: float = 1e-3) -> Callable[[], FairCal]:
+                 min_genuine: int = 10, max_pairs: int = 5_000, ridge: float = 1e-3) -> Callable[[], FairCal]:
     """:func:`fit_faircal` on a calibration set (refusals raised now; it needs none of the set's pass)."""
     method = FairCal.method
 
@@ -403,10 +405,11 @@ class Method(Protocol):
     @property
     def needs_labels(self) -> bool: ...
 
-    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int,
+             group_names: Sequence[str] = ()) -> Finish:
         """Ask ``cs`` for what the fit needs (raise MitigationRefused now if it cannot be fitted) and return the
-        step that finishes it after ``cs.run()``; ``groups``: the calibration images' group codes (-1: none),
-        given to a method that needs labels."""
+        step that finishes it after ``cs.run()``; ``groups``: the calibration images' group codes (-1: none)
+        and ``group_names`` their labels, given to a method that needs labels."""
         ...
 
 
@@ -416,8 +419,9 @@ class GroupThresholdsMethod:
     per_target: bool = True
     needs_labels: bool = True
 
-    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
-        return plan_group_thresholds(cs, groups, target_fmr)
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int,
+             group_names: Sequence[str] = ()) -> Finish:
+        return plan_group_thresholds(cs, groups, target_fmr, group_names)
 
 
 @dataclass(frozen=True)
@@ -428,7 +432,8 @@ class FsnMethod:
     per_target: bool = True
     needs_labels: bool = False
 
-    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int,
+             group_names: Sequence[str] = ()) -> Finish:
         return plan_fsn(cs, target_fmr, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects)
 
 
@@ -437,12 +442,13 @@ class FairCalMethod:
     n_clusters: int | None = None
     min_subjects: int = 10
     min_genuine: int = 10
-    max_pairs: int = 10_000
+    max_pairs: int = 5_000
     name: str = "faircal"
     per_target: bool = False
     needs_labels: bool = False
 
-    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int) -> Finish:
+    def plan(self, cs: CalibrationSet, groups: np.ndarray | None, target_fmr: float, seed: int,
+             group_names: Sequence[str] = ()) -> Finish:
         return plan_faircal(cs, n_clusters=self.n_clusters, seed=seed, min_subjects=self.min_subjects,
                             min_genuine=self.min_genuine, max_pairs=self.max_pairs)
 

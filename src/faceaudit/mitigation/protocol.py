@@ -408,16 +408,23 @@ def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: 
     i, j = np.triu_indices(len(held), k=1)
     e = emb[held]
     s = (e @ e.T)[i, j].astype(np.float64)
-    sa, sb = subj[held][i], subj[held][j]
+    # the fold's people, coded 0..P-1 while counting: the bootstrap's products then run over them only
+    people = np.flatnonzero(fold_of == f)
+    local = np.full(n_subjects, -1, np.int64)
+    local[people] = np.arange(len(people))
+    sa, sb = local[subj[held][i]], local[subj[held][j]]
     same = sa == sb
-    pairs = [_fold_pairs(same, sa, sb, a.gidx[held][i], a.gidx[held][j], len(a.labels), n_subjects)
+    pairs = [_fold_pairs(same, sa, sb, a.gidx[held][i], a.gidx[held][j], len(a.labels), len(people))
              for a in analyses]
-    in_fold = (fold_of == f)[:, None]
+    n_sg = [a.n_sg[people] for a in analyses]
+    draws = [None if a.draws is None else np.ascontiguousarray(a.draws[:, people], np.float64) for a in analyses]
 
     def measure(a: int, name: str, target: float, scores: np.ndarray) -> None:
         t = threshold_at_fmr(scores[~same], target)
-        counts = _count_fold(scores - t, pairs[a], np.where(in_fold, analyses[a].n_sg, 0.0), analyses[a].draws)
-        out.measured.append((a, name, target, counts, t))
+        rep, obs, gen_local, miss_local, fm_all, imp_all = _count_fold(scores - t, pairs[a], n_sg[a], draws[a])
+        gen, miss = np.zeros(n_subjects), np.zeros(n_subjects)
+        gen[people], miss[people] = gen_local, miss_local
+        out.measured.append((a, name, target, (rep, obs, gen, miss, fm_all, imp_all), t))
 
     for target in targets:
         for a in range(len(analyses)):
@@ -431,7 +438,8 @@ def _run_fold(f: int, held: np.ndarray, cal: np.ndarray, emb: np.ndarray, subj: 
             for fit_target in (targets if m.per_target else targets[:1]):
                 served = [fit_target] if m.per_target else targets
                 try:
-                    pending.append((m, serve, served, m.plan(cs, groups, fit_target, seed)))
+                    names = analyses[serve[0]].labels if m.needs_labels else []
+                    pending.append((m, serve, served, m.plan(cs, groups, fit_target, seed, group_names=names)))
                 except MitigationRefused as err:
                     out.refusals.append((serve, m.name, served, err))
     cs.run()

@@ -12,8 +12,10 @@ in [-1, 1] (the tally's sort key relies on it).
 The pass. Row chunks against the columns after them (each unordered pair once: the upper triangle),
 scores as float32 products; pairs of one subject are excluded (set to -inf). Per request, a code's
 floor is its current (keep)-th largest score (-inf until it has that many), and only scores above the
-floor can enter, so after the first chunks the candidates are few. The first chunk is small, so the
-first floors are set cheaply. Exact: a score at or below a floor can never be among the largest kept.
+floor can enter, so after the first chunks the candidates are few: one comparison with the lowest floor
+of all requests picks them out of each chunk, and each request then looks at those only. The first
+chunk is small, so the first floors are set cheaply. Exact: a score at or below a floor can never be
+among the largest kept.
 
 Pair rules: ``within`` (both images in code c: group thresholds) or ``touch`` (at least one image in c,
 each pair counted once for each code it touches: FSN), as in :mod:`faceaudit.mitigation.methods`.
@@ -34,11 +36,9 @@ CHUNK = 1024
 @dataclass
 class _Tally:
     """The ``keep[c]`` largest scores of each code c seen so far (values with their codes, sorted by code then
-    descending), and each code's floor (the smallest kept once it holds ``keep[c]``, else -inf).
-
-    Offered scores wait in a buffer and are merged (one sort) when the buffer outgrows what is kept: the
-    floors then lag behind, which only lets more scores through the filter, never fewer.
-    """
+    descending), and each code's floor: the smallest kept once it holds ``keep[c]``, -inf before, +inf for a
+    code that keeps nothing. Offered scores wait in a buffer until :meth:`merge` (:meth:`merge_due`); the
+    floors then lag behind, which only lets more scores through the filter, never fewer."""
 
     keep: np.ndarray  # (K,) int
     values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
@@ -48,15 +48,18 @@ class _Tally:
     _buffered: int = 0
 
     def __post_init__(self) -> None:
-        self.floors = np.full(len(self.keep), -np.inf, np.float32)
+        self.floors = np.where(self.keep > 0, -np.inf, np.inf).astype(np.float32)
 
     def add(self, values: np.ndarray, codes: np.ndarray) -> None:
-        if len(values) == 0:
-            return
-        self._buffer.append((values, codes))
-        self._buffered += len(values)
-        if self._buffered > max(len(self.values), 1 << 16):
-            self.merge()
+        if len(values):
+            self._buffer.append((values, codes))
+            self._buffered += len(values)
+
+    def merge_due(self) -> bool:
+        """Whether to merge now: while a code's floor is unset (the filter lets everything through), or once the
+        buffer holds a quarter of what is kept (a sort of the kept scores is then worth it)."""
+        return self._buffered > 0 and (bool(np.isneginf(self.floors).any())
+                                       or self._buffered >= max(len(self.values) // 4, 4096))
 
     def merge(self) -> None:
         if not self._buffer:
@@ -147,20 +150,25 @@ class CalibrationSet:
             s = e[r0:r1] @ e[r0:].T  # rows against themselves and every later column
             s[subj[r0:r1, None] == subj[None, r0:]] = -np.inf  # genuine pairs: not impostors
             s[:, :r1 - r0][np.tril_indices(r1 - r0)] = -np.inf  # each pair once (column after row)
+            # one pass over the chunk: only a score above the lowest floor of all can enter any tally
+            lowest = min(float(t.floors.min()) for t in tallies)
+            ri, ci = np.nonzero(s > lowest)
+            vals = s[ri, ci]
             for (codes, within, _), tally in zip(self._specs, tallies, strict=True):
-                _fold_chunk(tally, s, codes[r0:r1], codes[r0:], within)
+                _offer(tally, vals, codes[r0:r1][ri], codes[r0:][ci], within)
+                if tally.merge_due():
+                    tally.merge()
             r0 = r1
 
 
-def _fold_chunk(tally: _Tally, s: np.ndarray, rows: np.ndarray, cols: np.ndarray, within: bool) -> None:
-    """Offer one chunk's scores to a tally: each pair to its row's code and (touch rule) its column's code."""
+def _offer(tally: _Tally, vals: np.ndarray, rows: np.ndarray, cols: np.ndarray, within: bool) -> None:
+    """Offer candidate pairs (score, row's code, column's code) to a tally: each pair to its row's code, and under
+    the touch rule also to its column's code when that is another code."""
     f = tally.floors
     if within:
-        hit = (s > f[rows][:, None]) & (rows[:, None] == cols[None, :])
-        ri, ci = np.nonzero(hit)
-        tally.add(s[ri, ci], rows[ri])
+        hit = (rows == cols) & (vals > f[rows])
+        tally.add(vals[hit], rows[hit])
         return
-    ri, ci = np.nonzero(s > f[rows][:, None])
-    vals_r, codes_r = s[ri, ci], rows[ri]
-    rj, cj = np.nonzero((s > f[cols][None, :]) & (rows[:, None] != cols[None, :]))
-    tally.add(np.concatenate([vals_r, s[rj, cj]]), np.concatenate([codes_r, cols[cj]]))
+    a = vals > f[rows]
+    b = (rows != cols) & (vals > f[cols])
+    tally.add(np.concatenate([vals[a], vals[b]]), np.concatenate([rows[a], cols[b]]))
