@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,6 +32,7 @@ from faceaudit.mitigation.artefact import (
 )
 from faceaudit.service.app import create_app
 from service_support import SEARCH, auth, faces, make_setup
+from tests_paths import SCHEMA
 
 TARGET = 1e-3
 
@@ -329,6 +331,7 @@ def test_an_audit_of_the_calibrated_engine_counts_calibrated_scores(embeddings: 
     gen = subj[i] == subj[j]
     doc = json.loads((tmp_path / "cal" / "results.json").read_text())
     raw_doc = json.loads((tmp_path / "raw" / "results.json").read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
     assert doc["settings"]["scores"].startswith("faircal calibrated score")
     ops, raw_ops = doc["analyses"][0]["operating_points"], raw_doc["analyses"][0]["operating_points"]
     assert len(ops) == 2

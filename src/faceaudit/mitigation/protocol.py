@@ -1,13 +1,16 @@
 """Measuring a mitigation honestly: k-fold cross-validation by subject, pooled over folds, paired intervals.
 
-Protocol (:func:`cross_validate`).
+Protocol (:func:`cross_validate`; :func:`cross_validate_analyses` for several groupings at once).
 
 1. Folds by subject. People are dealt into ``folds`` folds (default 5) by a generator seeded with
-   ``(seed, 0xF01D, 1)``: shuffled within their group, then round-robin, so every fold has a share of every
-   group and fold sizes differ by at most one person per group.
+   ``(seed, 0xF01D, 1)``: shuffled within their group (with several groupings, within their combination
+   of groups), then round-robin, so every fold has a share of every group and fold sizes differ by at
+   most one person per group.
 2. For fold f, every method is fitted on the images of the people of the other folds only (checked in
    code: :func:`check_disjoint`), then applied to all pairs among the images of fold f's people (each
-   image compared with every other; genuine = same subject).
+   image compared with every other; genuine = same subject). The fits of a fold share one pass over the
+   calibration pairs (:mod:`faceaudit.mitigation.scan`); folds run in parallel threads and are merged in
+   fold order.
 3. In each fold and for each target FMR, the system measured (the unmitigated scores, or a method's
    mitigated scores) gets its global threshold for the target from the held-out fold's impostor pairs,
    as an audit of that system would set it; only the operating point comes from the held-out people,
@@ -18,18 +21,20 @@ Protocol (:func:`cross_validate`).
    overall TAR = 1 - FNMR over every genuine pair, and the overall FMR achieved.
 5. Differences, method minus unmitigated, per group and per summary measure, and for TAR, with a paired
    subject-level bootstrap (:mod:`faceaudit.metrics.comparison`): each replicate resamples the pooled
-   held-out people within their group (:func:`faceaudit.metrics.bootstrap.stratified_draws`), the same
+   held-out people within their group (:func:`faceaudit.metrics.bootstrap.subject_draws`), the same
    people for both systems, and recounts both systems' decisions on the resampled people
-   (:func:`faceaudit.metrics.bootstrap.replicate_counts`, fold by fold, summed). A change is claimed
-   only when its 95% interval excludes zero (:func:`faceaudit.metrics.comparison.call`). Calibrations
-   and thresholds stay fixed in the replicates: the intervals say how much the result depends on which
-   people were measured, not how much the calibration itself would vary with other calibration people.
+   (:func:`faceaudit.metrics.bootstrap.counts_from_pairs`, fold by fold, summed; the summary measures of
+   every replicate by :func:`faceaudit.metrics.summary.summary_rows`). A change is claimed only when its
+   95% interval excludes zero (:func:`faceaudit.metrics.comparison.call`). Calibrations and thresholds
+   stay fixed in the replicates: the intervals say how much the result depends on which people were
+   measured, not how much the calibration itself would vary with other calibration people.
 
-Decisions enter the bootstrap machinery as margins m = s - t (score minus its fold's threshold), so
-every fold's decisions are "m >= 0" and one exact threshold, 0, serves all folds.
+Decisions are margins m = s - t (score minus its fold's threshold), so every fold's decisions are
+"m >= 0" and one exact threshold, 0, serves all folds.
 
 A method that refuses in any fold (:class:`faceaudit.mitigation.base.MitigationRefused`) is reported as
-refused at that target, with its reason; the others go on. Same inputs and seed, same ``to_dict()``.
+refused at that target, with its reason (the first such fold named); the others go on. Same inputs and
+seed, same ``to_dict()``, whatever the number of threads.
 """
 
 from __future__ import annotations
