@@ -7,9 +7,10 @@ pairs naming unknown images, attributes not in the data, target FMRs the data ca
 left out, counted with its reason, and stated in the report.
 
 With ``[mitigation] methods``, each analysis of an all-pairs audit from images or embeddings also gets
-the cross-validated measurement of those mitigations (:func:`faceaudit.mitigation.cross_validate`),
-seeded by ``[uncertainty] seed``; audits that cannot run them (score files, pair lists, sampled impostor
-pairs) record the refusal and its reason in ``results.json``'s ``mitigation`` section instead.
+the cross-validated measurement of those mitigations (:func:`faceaudit.mitigation.cross_validate_analyses`,
+the analyses sharing folds and label-free fits), seeded by ``[uncertainty] seed``; audits that cannot
+run them (score files, pair lists, sampled impostor pairs) record the refusal and its reason in
+``results.json``'s ``mitigation`` section instead.
 
 With ``[system] calibration`` (a deployed fairness calibration, ``faceaudit calibrate --method``), every
 score of the audit is the calibrated score (all pairs, listed pairs and the protocol's pairs alike): an
