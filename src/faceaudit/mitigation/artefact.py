@@ -129,10 +129,7 @@ class DeployedCalibration:
         Range of the histogram bins: FairCal's probabilities lie in [0, 1]; FSN's shifted cosines in
         [-1 - m, 1 + m], m the largest offset's size."""
         fitted = self.calibration
-        e = unit_rows(embeddings)
-        if e.shape[1] != fitted.centres.shape[1]:
-            raise InputError(f"embeddings of {e.shape[1]} dimensions, but the calibration's clusters have "
-                             f"{fitted.centres.shape[1]}")
+        e = _unit_rows_for(fitted, embeddings)
         if isinstance(fitted, FairScoreNormalization):
             spread = float(np.abs(fitted.offsets).max())
             lo, hi = -1.0 - spread, 1.0 + spread
@@ -147,6 +144,15 @@ class DeployedCalibration:
                 "dataset_sha256": str(self.dataset.get("sha256", ""))}
 
 
+def _unit_rows_for(fitted: Fitted, embeddings: np.ndarray) -> np.ndarray:
+    """L2-normalised rows (a single (D,) row becomes (1, D)), refused unless D is the calibration's dimension."""
+    e = unit_rows(np.atleast_2d(np.asarray(embeddings, np.float32)))
+    if e.shape[1] != fitted.centres.shape[1]:
+        raise InputError(f"embeddings of {e.shape[1]} dimensions, but the calibration's clusters have "
+                         f"{fitted.centres.shape[1]}")
+    return e
+
+
 def score_calibrated(cal: DeployedCalibration | Fitted, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     """Calibrated scores of the pairs (emb_a[i], emb_b[i]); a single (D,) row on either side is broadcast.
 
@@ -154,11 +160,7 @@ def score_calibrated(cal: DeployedCalibration | Fitted, emb_a: np.ndarray, emb_b
     goes through the method's transform (:meth:`FairScoreNormalization.transform`, :meth:`FairCal.transform`).
     """
     fitted = cal.calibration if isinstance(cal, DeployedCalibration) else cal
-    a = unit_rows(np.atleast_2d(np.asarray(emb_a, np.float32)))
-    b = unit_rows(np.atleast_2d(np.asarray(emb_b, np.float32)))
-    if a.shape[1] != fitted.centres.shape[1] or b.shape[1] != fitted.centres.shape[1]:
-        raise InputError(f"embeddings of {a.shape[1]}/{b.shape[1]} dimensions, but the calibration's clusters have "
-                         f"{fitted.centres.shape[1]}")
+    a, b = _unit_rows_for(fitted, emb_a), _unit_rows_for(fitted, emb_b)
     if len(a) == 1 and len(b) > 1:
         a = np.repeat(a, len(b), axis=0)
     elif len(b) == 1 and len(a) > 1:

@@ -55,24 +55,23 @@ class Clusters:
 
 
 _KMEANS_LOCK = threading.Lock()
-_KMEANS_RUNS: OrderedDict[tuple[bytes, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_KMEANS_RUNS: OrderedDict[tuple[bytes, int, int], np.ndarray] = OrderedDict()
 
 
-def _kmeans_memo(e: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`kmeans`, remembered for the last few (data, k, seed): FSN is refitted per target FMR on the same
-    calibration people and FairCal clusters them alike, so the cross-validation would rerun the same k-means."""
-    key = (hashlib.sha256(np.ascontiguousarray(e).tobytes() + repr(e.shape).encode()).digest(), k, seed)
+def _kmeans_centres(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """:func:`kmeans`'s centres, remembered for the last few (data, k, seed): FSN is refitted per target FMR on the
+    same calibration people and FairCal clusters them alike, so the cross-validation would rerun the same k-means."""
+    key = (hashlib.sha256(np.ascontiguousarray(x).tobytes() + repr(x.shape).encode()).digest(), k, seed)
     with _KMEANS_LOCK:  # cross-validation folds run in threads
         if key in _KMEANS_RUNS:
             return _KMEANS_RUNS[key]
-    centres, labels = kmeans(e, k, seed)
+    centres, _ = kmeans(x, k, seed)
     centres.setflags(write=False)
-    labels.setflags(write=False)
     with _KMEANS_LOCK:
-        _KMEANS_RUNS[key] = (centres, labels)
+        _KMEANS_RUNS[key] = centres
         while len(_KMEANS_RUNS) > 16:
             _KMEANS_RUNS.popitem(last=False)
-    return centres, labels
+    return centres
 
 
 def person_means(e: np.ndarray, subj: np.ndarray) -> np.ndarray:
@@ -103,7 +102,7 @@ def cluster(method: str, e: np.ndarray, subj: np.ndarray, n_clusters: int | None
                                 f"{n_people} calibration people cannot fill {k} clusters of at least {min_subjects} "
                                 "people" + ("" if n_clusters is None else "; ask for fewer clusters"))
     people = person_means(e, subj)
-    centres, _ = _kmeans_memo(people, k, seed)
+    centres = _kmeans_centres(people, k, seed)
     labels = nearest(e, centres)
     tried = [k]
     while True:

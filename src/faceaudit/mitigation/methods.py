@@ -43,7 +43,8 @@ from faceaudit.mitigation.base import (
 from faceaudit.mitigation.beta import BetaMap, expit, features, fit_beta
 from faceaudit.mitigation.clusters import cluster
 from faceaudit.mitigation.kmeans import nearest
-from faceaudit.mitigation.scan import CalibrationSet
+from faceaudit.mitigation.scan import CalibrationSet, Ticket
+from faceaudit.scoring.compare import score_pairs
 
 #: A fit waiting for its calibration set's pass (:meth:`CalibrationSet.run`): call it to get the calibration.
 Finish = Callable[[], Calibration]
@@ -109,7 +110,7 @@ def fit_group_thresholds(embeddings: np.ndarray, subjects: np.ndarray, groups: n
     return plan_group_thresholds(CalibrationSet(embeddings, subjects), groups, target_fmr, group_names)()
 
 
-def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> tuple[Any, int]:
+def _global_request(cs: CalibrationSet, target_fmr: float, n_impostor: int) -> tuple[Ticket, int]:
     """Ask for the largest impostor scores over every calibration pair: the global threshold at the target."""
     k = rank(target_fmr, n_impostor)
     return cs.request(np.zeros(len(cs), np.int64), np.array([k + 1]), within=True), k
@@ -321,13 +322,6 @@ def _genuine_pairs(subj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def _dot(e: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    out = np.empty(len(a))
-    for s in range(0, len(a), chunk):
-        out[s:s + chunk] = np.einsum("ij,ij->i", e[a[s:s + chunk]], e[b[s:s + chunk]])
-    return out
-
-
 def _impostors_touching(e: np.ndarray, subj: np.ndarray, labels: np.ndarray, c: int, n: int, exact: bool,
                         rng: np.random.Generator) -> np.ndarray:
     """Scores of cluster c's impostor pairs (at least one image in c): all of them, or ``n`` drawn uniformly with
@@ -346,7 +340,7 @@ def _impostors_touching(e: np.ndarray, subj: np.ndarray, labels: np.ndarray, c: 
         j = rng.integers(len(e), size=2 * n)
         ok = (subj[i] != subj[j]) & ((labels[j] != c) | (rng.random(2 * n) < 0.5))
         i, j = i[ok], j[ok]
-        got.append(_dot(e, i, j)[:n - have])
+        got.append(score_pairs(e, i, j)[:n - have])
         have += len(got[-1])
     return np.concatenate(got)
 
@@ -368,7 +362,7 @@ def plan_faircal(cs: CalibrationSet, *, n_clusters: int | None = None, seed: int
         counts = cl.counts
         rng = np.random.default_rng([seed, 0xFC, 1])  # 3 entries: never a bootstrap stream
         ga, gb = _genuine_pairs(subj)
-        gen_scores = _dot(e, ga, gb)
+        gen_scores = score_pairs(e, ga, gb)
         maps = np.zeros((k, 3))
         used = np.zeros(k, np.int64)
         for c in range(k):

@@ -122,12 +122,13 @@ class _FoldPairs:
     the within-group pairs and each group's impostor pair count follow from the composition alone."""
 
     same: np.ndarray  # same subject
-    subject_a: np.ndarray  # global subject codes
+    subject_a: np.ndarray  # the fold's people, coded 0..P-1
     subject_b: np.ndarray
     within: np.ndarray  # group of the pair when both images are in it, else -1
     genuine: np.ndarray  # positions of the within-group genuine pairs
     impostor_pairs: np.ndarray  # (G,) within-group impostor pairs
-    genuine_all: np.ndarray  # (S,) genuine pairs (any groups) per subject, for the overall TAR
+    impostor_all: int  # impostor pairs, any groups
+    genuine_all: np.ndarray  # (P,) genuine pairs (any groups) per person, for the overall TAR
 
 
 def _fold_pairs(same: np.ndarray, sa: np.ndarray, sb: np.ndarray, ga: np.ndarray, gb: np.ndarray, n_groups: int,
@@ -135,7 +136,7 @@ def _fold_pairs(same: np.ndarray, sa: np.ndarray, sb: np.ndarray, ga: np.ndarray
     within = np.where(ga == gb, ga, -1)
     return _FoldPairs(same, sa, sb, within, np.flatnonzero(same & (within >= 0)),
                       np.bincount(within[~same & (within >= 0)], minlength=n_groups).astype(np.float64),
-                      np.bincount(sa[same], minlength=n_subjects).astype(np.float64))
+                      int((~same).sum()), np.bincount(sa[same], minlength=n_subjects).astype(np.float64))
 
 
 #: One fold's counts for one system: replicate and observed per-group counts, per-subject genuine pairs and misses,
@@ -146,8 +147,7 @@ _Counts = tuple[ReplicateCounts | None, ReplicateCounts, np.ndarray, np.ndarray,
 def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws: np.ndarray | None) -> _Counts:
     """Counts of one fold for one system, from its decisions (margin >= 0 is a match): replicate and observed
     per-group counts, per-subject genuine pairs and misses, false matches and impostor pairs over all pairs."""
-    imp = ~fp.same
-    acc = imp & (margin >= 0)
+    acc = ~fp.same & (margin >= 0)
     fm = np.flatnonzero(acc & (fp.within >= 0))
     gen = fp.genuine
     parts = (fp.subject_a[gen], fp.within[gen], margin[gen] < 0, fp.within[fm], fp.subject_a[fm], fp.subject_b[fm],
@@ -156,7 +156,7 @@ def _count_fold(margin: np.ndarray, fp: _FoldPairs, n_sg_fold: np.ndarray, draws
     obs = counts_from_pairs(n_sg_fold, np.ones((1, n_s)), *parts)
     rep = None if draws is None else counts_from_pairs(n_sg_fold, draws, *parts)
     miss = np.bincount(fp.subject_a[fp.same & (margin < 0)], minlength=n_s).astype(np.float64)
-    return rep, obs, fp.genuine_all, miss, int(acc.sum()), int(imp.sum())
+    return rep, obs, fp.genuine_all, miss, int(acc.sum()), fp.impostor_all
 
 
 def _summaries(rc: ReplicateCounts, alpha: float) -> np.ndarray:
@@ -323,13 +323,13 @@ def cross_validate_analyses(
     ``threads``: folds run at once (default: the machine's cores); the result does not depend on it.
     A method refused in any fold is refused (the first such fold is named).
     """
+    if not groupings:
+        raise InputError("cross-validation needs at least one grouping")
     emb = unit_rows(embeddings)
     n = len(emb)
     if len(subjects) != n or any(np.asarray(g.index).shape != (n,) for g in groupings):
         raise InputError(f"{n} embeddings, {len(subjects)} subject ids and group codes of "
                          f"{[np.asarray(g.index).shape for g in groupings]} do not describe the same images")
-    if not groupings:
-        raise InputError("cross-validation needs at least one grouping")
     if folds < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
     subject_ids, subj = np.unique(np.asarray(subjects), return_inverse=True)

@@ -85,8 +85,8 @@ class ScoreMap:
     hi: float
     name: str
 
-    def block(self, raw: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Calibrated float32 scores of a block: rows and cols are positions in the row order of ``codes``."""
+    def block(self, raw: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        """Calibrated float32 scores of a block: rows and cols are ranges in the row order of ``codes``."""
         return np.asarray(self.transform(raw, self.codes[rows][:, None], self.codes[cols][None, :]), np.float32)
 
     def pairs(self, raw: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -140,7 +140,7 @@ def fold_block(stats: PairStatistics, emb: np.ndarray, subj: np.ndarray, blk: Bl
         cols = cols.copy()
     scores = emb[blk.r0:blk.r1] @ cols.T
     if score_map is not None:
-        scores = score_map.block(scores, np.arange(blk.r0, blk.r1), np.arange(blk.c0, blk.c1))
+        scores = score_map.block(scores, slice(blk.r0, blk.r1), slice(blk.c0, blk.c1))
     sr, sc = subj[blk.r0:blk.r1], subj[blk.c0:blk.c1]
     if sample is not None and sample.rate < 1.0:
         _fold_sampled(stats, scores, sr, sc, blk, index, sample)
